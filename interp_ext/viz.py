@@ -1,0 +1,62 @@
+"""Turn attributions into pictures: heat-map overlays and gradient images."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+# A perceptually ordered dark-to-bright colormap (black, purple, red, orange, pale yellow).
+_ANCHORS = np.array(
+    [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32
+)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (any shape) -> uint8 RGB of shape values.shape + (3,)."""
+    v = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0) * (len(_ANCHORS) - 1)
+    lo = np.floor(v).astype(np.int64).clip(0, len(_ANCHORS) - 2)
+    frac = (v - lo)[..., None]
+    rgb = _ANCHORS[lo] * (1 - frac) + _ANCHORS[lo + 1] * frac
+    return rgb.round().astype(np.uint8)
+
+
+def normalize_map(heat: torch.Tensor, percentile: float = 99.5) -> np.ndarray:
+    """(H, W) map -> [0, 1] numpy, scaled by its `percentile` so one hot pixel does
+    not wash the rest out."""
+    h = heat.detach().float().cpu().numpy()
+    h = h - h.min()
+    top = np.percentile(h, percentile)
+    return np.clip(h / top, 0, 1) if top > 0 else np.zeros_like(h)
+
+
+def overlay(image: Image.Image, heat: torch.Tensor, alpha: float = 0.55) -> Image.Image:
+    """Blend a colour-mapped (H, W) map over an RGB image of the same size."""
+    if tuple(heat.shape) != (image.height, image.width):
+        raise ValueError(f"heat must have the image's shape {(image.height, image.width)}, got {tuple(heat.shape)}")
+    colour = colormap(normalize_map(heat)).astype(np.float32)
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return Image.fromarray((base * (1 - alpha) + colour * alpha).round().astype(np.uint8))
+
+
+def gradient_image(grad: torch.Tensor) -> Image.Image:
+    """(3, H, W) signed gradient -> RGB picture (zero-centred, scaled to +-3 std),
+    the usual way guided-backprop and deconvnet results are shown."""
+    g = grad.detach().float().cpu()
+    g = g - g.mean()
+    g = g / (3 * g.std() + 1e-12)
+    arr = ((g.clamp(-1, 1) * 0.5 + 0.5) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(arr)
+
+
+def save_png(image: Image.Image, path: Union[str, Path]) -> Path:
+    """Write atomically: a temporary name, then a rename, so no half-written file remains."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
