@@ -19,9 +19,11 @@ TORCH_LIBRARY(interp_ext, m) {
   // grad_output * (0 < x < upper) * (grad_output > 0) for "guided"; grad_output *
   // (grad_output > 0) for "deconvnet". `x` may be the forward input or output.
   m.def("guided_relu_backward(Tensor grad_output, Tensor x, float? upper=None, str rule=\"guided\") -> Tensor");
+  // Writes into `out` (any layout; may be grad_output itself). Returns nothing, as
+  // torch.library requires of mutating custom ops so torch.compile can functionalise it.
   m.def(
       "guided_relu_backward.out(Tensor grad_output, Tensor x, float? upper=None, str rule=\"guided\", *, "
-      "Tensor(a!) out) -> Tensor(a!)");
+      "Tensor(a!) out) -> ()");
   // Simonyan et al. saliency map: max over channels of |grad|, (N, C, H, W) -> (N, H, W).
   m.def("saliency_reduce(Tensor grad) -> Tensor");
 }

@@ -68,7 +68,6 @@ def _guided_relu_backward_out_fake(grad_output, x, upper=None, rule="guided", *,
         out.dtype == grad_output.dtype,
         lambda: f"guided_relu_backward: out must have dtype {grad_output.dtype}, got {out.dtype}",
     )
-    return out
 
 
 @torch.library.register_fake("interp_ext::saliency_reduce")

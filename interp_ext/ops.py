@@ -44,7 +44,8 @@ def guided_relu_backward(
     """
     if out is None:
         return _ops.guided_relu_backward.default(grad_output, x, _as_upper(upper), rule)
-    return _ops.guided_relu_backward.out(grad_output, x, _as_upper(upper), rule, out=out)
+    _ops.guided_relu_backward.out(grad_output, x, _as_upper(upper), rule, out=out)
+    return out
 
 
 def saliency_reduce(grad: torch.Tensor) -> torch.Tensor:

@@ -95,16 +95,16 @@ void saliency_span(const c10::BFloat16* g, int64_t channels, int64_t plane, c10:
 
 }  // namespace
 
-at::Tensor& guided_relu_backward_out_cpu(const at::Tensor& grad_output, const at::Tensor& x,
+void guided_relu_backward_out_cpu(const at::Tensor& grad_output, const at::Tensor& x,
                                          c10::optional<double> upper, c10::string_view rule,
-                                         at::Tensor& out) {
+                                   at::Tensor& out) {
   check_guided_backward_args(grad_output, x);
   check_out("guided_relu_backward", out, grad_output);
   const RectifierRule r = parse_rule("guided_relu_backward", rule);
   const double up = parse_upper("guided_relu_backward", upper);
   at::assert_no_partial_overlap(out, grad_output);
   at::assert_no_partial_overlap(out, x);
-  if (grad_output.numel() == 0) return out;
+  if (grad_output.numel() == 0) return;
 
   const at::Tensor g_ = grad_output.contiguous();
   const at::Tensor x_ = x.contiguous();
@@ -120,14 +120,14 @@ at::Tensor& guided_relu_backward_out_cpu(const at::Tensor& grad_output, const at
     });
   });
   if (!dst.is_same(out)) out.copy_(dst);
-  return out;
 }
 
 at::Tensor guided_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x,
                                     c10::optional<double> upper, c10::string_view rule) {
   check_guided_backward_args(grad_output, x);
   at::Tensor out = at::empty_like(grad_output, at::MemoryFormat::Contiguous);
-  return guided_relu_backward_out_cpu(grad_output, x, upper, rule, out);
+  guided_relu_backward_out_cpu(grad_output, x, upper, rule, out);
+  return out;
 }
 
 at::Tensor saliency_reduce_cpu(const at::Tensor& grad) {

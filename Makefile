@@ -1,0 +1,47 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Both create .venv from
+# requirements-dev.txt, build the extension (CUDA sources too when nvcc is present)
+# and then run. Re-running skips every step whose inputs did not change.
+SHELL := /bin/bash
+PYTHON_SYS ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+# The real toolkit root: torch would guess the folder above nvcc, wrong for a wrapper.
+CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda) $(patsubst %/bin/nvcc,%,$(realpath $(shell command -v nvcc 2>/dev/null))))
+export CUDA_HOME
+NATIVE_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
+CMAKE_BUILD := build-cmake
+
+.PHONY: all venv build cmake test test-fast demo bench clean
+all: build
+
+$(VENV)/.deps: requirements-dev.txt
+	$(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+venv: $(VENV)/.deps
+
+$(VENV)/.built: $(VENV)/.deps $(NATIVE_SOURCES)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+build: $(VENV)/.built
+
+# The same library built by CMake against libtorch, for C++ users; a test loads it.
+# CMake from PyPI: Debian's 3.25 lacks the CUDA20 dialect that torch's headers need.
+$(CMAKE_BUILD)/.built: $(VENV)/.deps CMakeLists.txt $(NATIVE_SOURCES)
+	$(VENV)/bin/cmake -S . -B $(CMAKE_BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
+	  -DPython3_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release
+	$(VENV)/bin/cmake --build $(CMAKE_BUILD)
+	touch $@
+cmake: $(CMAKE_BUILD)/.built
+
+test: build cmake
+	INTERP_EXT_CMAKE_LIB=$(abspath $(CMAKE_BUILD))/libinterp_ext_ops.so $(PY) -m pytest -q tests
+
+demo: build
+	$(PY) -m interp_ext.demo --out out
+
+bench: build
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf build $(CMAKE_BUILD) interp_ext/_C*.so *.egg-info $(VENV)/.built
