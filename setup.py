@@ -69,7 +69,7 @@ if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.i
 opt = ["-O0", "-g"] if DEBUG else ["-O3"]
 cxx_flags = opt + ["-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
 nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3"]) + ["--expt-relaxed-constexpr", "-lineinfo"]
-sources = ["csrc/interp_ext.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+sources = ["csrc/interp_ext.cpp", *sorted(glob.glob("csrc/autograd/*.cpp")), *sorted(glob.glob("csrc/cpu/*.cpp"))]
 define_macros = []
 include_dirs = [str(ROOT / "csrc")]
 if with_cuda:

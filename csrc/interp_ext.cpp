@@ -16,6 +16,9 @@ TORCH_LIBRARY(interp_ext, m) {
   // Forward is relu(x), or clamp(x, 0, upper); the backward applies `rule`
   // ("guided" or "deconvnet") through guided_relu_backward.
   m.def("guided_relu(Tensor x, float? upper=None, str rule=\"guided\") -> Tensor");
+  // In-place form (relu_ / ReLU(inplace=True) spellings): rectifies x itself, with
+  // the same backward; its autograd lives in csrc/autograd/guided_relu_inplace.cpp.
+  m.def("guided_relu_(Tensor(a!) x, float? upper=None, str rule=\"guided\") -> ()");
   // grad_output * (0 < x < upper) * (grad_output > 0) for "guided"; grad_output *
   // (grad_output > 0) for "deconvnet". `x` may be the forward input or output.
   m.def("guided_relu_backward(Tensor grad_output, Tensor x, float? upper=None, str rule=\"guided\") -> Tensor");
@@ -41,7 +44,8 @@ void cuda_not_compiled(const c10::OperatorHandle& op, torch::jit::Stack*) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
-  for (const char* name : {"guided_relu", "guided_relu_backward", "guided_relu_backward.out", "saliency_reduce"}) {
+  for (const char* name : {"guided_relu", "guided_relu_", "guided_relu_backward", "guided_relu_backward.out",
+                           "saliency_reduce"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cuda_not_compiled>());
   }
 }

@@ -51,6 +51,13 @@ def _guided_relu_fake(x, upper=None, rule="guided"):
     return torch.empty_like(x)
 
 
+@torch.library.register_fake("interp_ext::guided_relu_")
+def _guided_relu_inplace_fake(x, upper=None, rule="guided"):
+    _check_floating("guided_relu_", "x", x)
+    _check_rule("guided_relu_", rule)
+    _check_upper("guided_relu_", upper)
+
+
 @torch.library.register_fake("interp_ext::guided_relu_backward")
 def _guided_relu_backward_fake(grad_output, x, upper=None, rule="guided"):
     _check_backward_args(grad_output, x, upper, rule)

@@ -28,6 +28,13 @@ def guided_relu(x: torch.Tensor, upper: Optional[float] = None, rule: Rule = "gu
     return _ops.guided_relu.default(x, _as_upper(upper), rule)
 
 
+def guided_relu_(x: torch.Tensor, upper: Optional[float] = None, rule: Rule = "guided") -> torch.Tensor:
+    """In-place :func:`guided_relu`: rectifies ``x`` itself and returns it. Autograd
+    records it like ``relu_`` (no extra copies); the backward is the same rule."""
+    _ops.guided_relu_.default(x, _as_upper(upper), rule)
+    return x
+
+
 def guided_relu_backward(
     grad_output: torch.Tensor,
     x: torch.Tensor,

@@ -184,3 +184,51 @@ def test_cpu_only_build_explains_how_to_get_cuda():
     with pytest.raises(RuntimeError, match="built without CUDA"):
         torch.ops.interp_ext.guided_relu_backward(torch.empty(3, device="cuda"), torch.empty(3, device="cuda"))
     del meta
+
+
+@pytest.mark.parametrize("upper", UPPERS)
+@pytest.mark.parametrize("rule", RULES)
+def test_inplace_variant(upper, rule):
+    a = (torch.randn(6, 9, dtype=torch.float64) * 4).requires_grad_()
+    x = a * 1.0
+    before = x.detach().clone()
+    version = x._version
+    assert ops.guided_relu_(x, upper, rule) is x
+    assert x._version > version  # autograd knows x was written
+    torch.testing.assert_close(x.detach(), ops.guided_relu(before, upper))
+    g = torch.randn(6, 9, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(x, a, g)
+    torch.testing.assert_close(grad, reference.guided_relu_backward(g, before, upper, rule))
+
+
+def test_inplace_variant_on_a_view_and_without_grad():
+    base = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    y = base * 2
+    ops.guided_relu_(y[:, 1:3])
+    g = torch.randn(4, 6, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(y, base, g)
+    want = 2 * g.clone()
+    pre = (base * 2).detach()[:, 1:3]
+    want[:, 1:3] = 2 * reference.guided_relu_backward(g[:, 1:3], pre)
+    torch.testing.assert_close(grad, want)
+    plain = torch.randn(5) * 3
+    expected = plain.clamp(0, 6)
+    ops.guided_relu_(plain, 6.0)
+    torch.testing.assert_close(plain, expected)
+
+
+def test_inplace_variant_errors():
+    leaf = torch.randn(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        ops.guided_relu_(leaf)
+    with pytest.raises(RuntimeError, match="x must be a floating"):
+        ops.guided_relu_(torch.ones(3, dtype=torch.int64))
+    x = torch.randn(3)
+    with pytest.raises(RuntimeError, match="rule must be"):
+        ops.guided_relu_(x, rule="bogus")
+    with pytest.raises(RuntimeError, match="upper must be positive"):
+        ops.guided_relu_(x, upper=0.0)
+
+
+def test_inplace_variant_opcheck():
+    opcheck(torch.ops.interp_ext.guided_relu_.default, (torch.randn(3, 4) * 4, 6.0, "guided"), test_utils=("test_schema", "test_faketensor"))

@@ -18,10 +18,9 @@ from .. import ops
 
 
 def _rectify(rule: str, x: torch.Tensor, upper: Optional[float], inplace: bool) -> torch.Tensor:
-    out = ops.guided_relu(x, upper, rule)
     # In-place spellings must leave the result in `x` for code that ignores the
-    # return value. The op saved its output, so overwriting `x` is safe for autograd.
-    return x.copy_(out) if inplace else out
+    # return value, and cost no extra memory pass.
+    return ops.guided_relu_(x, upper, rule) if inplace else ops.guided_relu(x, upper, rule)
 
 
 def _hardtanh_upper(min_val: float, max_val: float) -> Optional[float]:

@@ -1,0 +1,90 @@
+"""Shared benchmark plumbing: timing, machine description, JSON + markdown output."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.utils.benchmark as tbench
+
+RESULTS = Path(__file__).resolve().parent / "results"
+L2_ROTATE_BYTES = 256 << 20  # rotate GPU inputs across more than any L2 (H100: 50 MB, H200: 60 MB)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn: Callable[[], object], device: str, min_run_time: float) -> float:
+    """Median time of one call, from torch.utils.benchmark (which synchronises CUDA)."""
+    fn()  # warm-up (allocations, lazy init, compilation)
+    sync(device)
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def rotating(make: Callable[[], tuple], device: str, bytes_per_set: int) -> Callable[[], tuple]:
+    """On a GPU, cycle through enough input sets that repeated calls do not hit L2."""
+    if device != "cuda":
+        sets = [make()]
+    else:
+        sets = [make() for _ in range(max(1, min(16, L2_ROTATE_BYTES // max(1, bytes_per_set) + 1)))]
+    cycle = itertools.cycle(sets)
+    return lambda: next(cycle)
+
+
+def machine(device: str) -> dict:
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def thread_settings(device: str) -> Sequence[int]:
+    """CPU: 1 thread (this VM's second core is noisy) and the default; GPU: default."""
+    default = torch.get_num_threads()
+    return [default] if device == "cuda" else sorted({1, default})
+
+
+def write(name: str, payload: dict, markdown: str, out_dir: Path | None = None) -> Path:
+    out_dir = Path(out_dir or RESULTS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}_{payload['machine']['device'].replace(' ', '_')}"
+    for suffix, text in ((".json", json.dumps(payload, indent=2)), (".md", markdown)):
+        tmp = out_dir / f".{stem}{suffix}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out_dir / f"{stem}{suffix}")
+    return out_dir / f"{stem}.md"
+
+
+def md_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
