@@ -23,6 +23,7 @@ SHAPES = [(32, 64, 112, 112), (64, 256, 56, 56), (1, 64, 112, 112)]
 
 def op_rows(device: str, shapes, min_run_time: float) -> list[dict]:
     rows = []
+    default_threads = torch.get_num_threads()
     compiled_ref = torch.compile(reference.guided_relu_backward, dynamic=False)
     for threads in common.thread_settings(device):
         torch.set_num_threads(threads)
@@ -102,7 +103,7 @@ def op_rows(device: str, shapes, min_run_time: float) -> list[dict]:
                 "copy_fraction": bw / copy_bw,
             })
             print(_row_line(rows[-1]), flush=True)
-    torch.set_num_threads(common.thread_settings("cpu")[-1] if device == "cpu" else torch.get_num_threads())
+    torch.set_num_threads(default_threads)
     return rows
 
 
@@ -122,6 +123,7 @@ def end_to_end_rows(device: str, batch: int, min_run_time: float) -> list[dict]:
     except ImportError:
         CaptumGB = None
     rows = []
+    default_threads = torch.get_num_threads()
     model = torchvision.models.resnet18(weights=None).eval().to(device)
     x = torch.randn(batch, 3, 224, 224, device=device)
     target = list(range(batch))
@@ -142,6 +144,7 @@ def end_to_end_rows(device: str, batch: int, min_run_time: float) -> list[dict]:
         rows.append(row)
         print(f"[{device} t={threads}] GuidedBackprop resnet18 batch {batch}: interp_ext {t_ours:.3f} s"
               + (f", captum {row['captum_s']:.3f} s (x{row['speedup_vs_captum']:.2f})" if "captum_s" in row else ""), flush=True)
+    torch.set_num_threads(default_threads)
     return rows
 
 

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The one prepared GPU run (device machine: its own torch, nvcc and ninja).
+# Builds against that torch in place (nothing installed), runs the CUDA tests,
+# compute-sanitizer on a small case and the benchmarks, and writes logs + JSON
+# to $OUT (default ./gpu_out).
+#   bash scripts/gpu_check.sh            # everything
+#   QUICK=1 bash scripts/gpu_check.sh    # short benchmark runs
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+status=0
+step() { echo "=== $1 ($(date +%T))"; }
+
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  step "test-only wheels"
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+
+step "build (in place, against this machine's torch)"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+if ! FORCE_CUDA=1 $PY setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1; then
+  tail -50 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+$PY -c "import interp_ext, json; print(json.dumps(interp_ext.build_info()))" | tee "$OUT/build_info.json"
+
+step "CUDA tests + op tests"
+$PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_guided_relu.py tests/test_gradient_methods.py \
+  -p no:logging --junitxml="$OUT/pytest.xml" 2>&1 | tail -25 || status=1
+
+step "compute-sanitizer (memcheck, small case)"
+cat > /tmp/sanitize_case.py <<'PYEOF'
+import torch, interp_ext
+from interp_ext import ops
+for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+    for n in (1, 7, 4099):
+        g = torch.randn(n, device="cuda", dtype=dtype); x = torch.randn(n, device="cuda", dtype=dtype) * 4
+        ops.guided_relu_backward(g, x); ops.guided_relu_backward(g[1:], x[1:], 6.0, "deconvnet")
+        ops.guided_relu_backward(g, x, out=torch.empty_like(g))
+    ops.saliency_reduce(torch.randn(2, 3, 17, 9, device="cuda", dtype=dtype))
+torch.cuda.synchronize(); print("sanitizer case done")
+PYEOF
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 $PY /tmp/sanitize_case.py \
+  > "$OUT/sanitizer.log" 2>&1; rc=$?
+tail -5 "$OUT/sanitizer.log"; [ $rc -eq 0 ] || { echo "SANITIZER rc=$rc"; status=1; }
+
+step "benchmarks"
+$PY benchmarks/bench_guided_relu.py --device cuda --out "$OUT" ${QUICK:+--quick} 2>&1 | grep -v Warning || status=1
+
+step "done, status $status"
+exit $status
