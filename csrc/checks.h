@@ -12,6 +12,17 @@
 
 namespace interp_ext {
 
+// "[2, 3, 4]". Formatted here rather than by streaming IntArrayRef into TORCH_CHECK:
+// that crashed (segfault while building the message) when built against torch 2.11.
+inline std::string shape_str(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (d > 0) s += ", ";
+    s += std::to_string(t.size(d));
+  }
+  return s + "]";
+}
+
 inline void check_floating(const char* op, const char* arg, const at::Tensor& t) {
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", arg,
               " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
@@ -35,7 +46,7 @@ inline void check_guided_backward_args(const at::Tensor& grad_output, const at::
   check_floating(op, "grad_output", grad_output);
   check_floating(op, "x", x);
   TORCH_CHECK(grad_output.sizes() == x.sizes(), op, ": grad_output and x must have the same shape, got ",
-              grad_output.sizes(), " and ", x.sizes());
+              shape_str(grad_output), " and ", shape_str(x));
   TORCH_CHECK(grad_output.scalar_type() == x.scalar_type(), op,
               ": grad_output and x must have the same dtype, got ", grad_output.scalar_type(), " and ",
               x.scalar_type());
@@ -44,7 +55,7 @@ inline void check_guided_backward_args(const at::Tensor& grad_output, const at::
 }
 
 inline void check_out(const char* op, const at::Tensor& out, const at::Tensor& like) {
-  TORCH_CHECK(out.sizes() == like.sizes(), op, ": out must have shape ", like.sizes(), ", got ", out.sizes());
+  TORCH_CHECK(out.sizes() == like.sizes(), op, ": out must have shape ", shape_str(like), ", got ", shape_str(out));
   TORCH_CHECK(out.scalar_type() == like.scalar_type(), op, ": out must have dtype ", like.scalar_type(),
               ", got ", out.scalar_type());
   TORCH_CHECK(out.device() == like.device(), op, ": out must be on device ", like.device(), ", got ",
@@ -54,8 +65,8 @@ inline void check_out(const char* op, const at::Tensor& out, const at::Tensor& l
 inline void check_saliency_args(const at::Tensor& grad) {
   const char* op = "saliency_reduce";
   check_floating(op, "grad", grad);
-  TORCH_CHECK(grad.dim() == 4, op, ": grad must be 4-D (N, C, H, W), got shape ", grad.sizes());
-  TORCH_CHECK(grad.size(1) > 0, op, ": grad must have at least one channel, got shape ", grad.sizes());
+  TORCH_CHECK(grad.dim() == 4, op, ": grad must be 4-D (N, C, H, W), got shape ", shape_str(grad));
+  TORCH_CHECK(grad.size(1) > 0, op, ": grad must have at least one channel, got shape ", shape_str(grad));
 }
 
 }  // namespace interp_ext
