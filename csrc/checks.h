@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include <cstdio>
 #include <limits>
 #include <string>
 
@@ -12,8 +13,17 @@
 
 namespace interp_ext {
 
-// "[2, 3, 4]". Formatted here rather than by streaming IntArrayRef into TORCH_CHECK:
-// that crashed (segfault while building the message) when built against torch 2.11.
+// Numbers in messages are formatted here with snprintf, never streamed: with the GPU
+// machine's toolchain (torch 2.11), streaming an integer or a double into
+// TORCH_CHECK's message segfaulted (the inlined std::num_put of our build against
+// the loaded libstdc++); strings and names stream fine.
+inline std::string num_str(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
+
+// "[2, 3, 4]"
 inline std::string shape_str(const at::Tensor& t) {
   std::string s = "[";
   for (int64_t d = 0; d < t.dim(); ++d) {
@@ -37,7 +47,7 @@ inline RectifierRule parse_rule(const char* op, c10::string_view rule) {
 
 inline double parse_upper(const char* op, c10::optional<double> upper) {
   if (!upper.has_value()) return std::numeric_limits<double>::infinity();
-  TORCH_CHECK(*upper > 0, op, ": upper must be positive (the rectifier clamps to [0, upper]), got ", *upper);
+  TORCH_CHECK(*upper > 0, op, ": upper must be positive (the rectifier clamps to [0, upper]), got ", num_str(*upper));
   return *upper;
 }
 
