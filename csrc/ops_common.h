@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Optional.h>
 
 #include "checks.h"
@@ -20,10 +21,31 @@ inline at::Tensor guided_relu_forward(const at::Tensor& x, c10::optional<double>
   return at::clamp(x, 0.0, parse_upper("guided_relu", upper));
 }
 
-// Output buffer for an out= kernel: `out` itself when the kernel can write it
-// directly, else a contiguous temporary that the caller copies back.
-inline at::Tensor writable_view_of(const at::Tensor& out) {
-  return out.is_contiguous() ? out : at::empty_like(out, at::MemoryFormat::Contiguous);
+// Validated, contiguous operands of guided_relu_backward.out, shared by the CPU and
+// CUDA kernels. `dst` is `out` itself when the kernel can write it directly, else a
+// contiguous temporary that `finish()` copies back.
+struct GuidedBackwardArgs {
+  at::Tensor g, x, dst, out;
+  RectifierRule rule;
+  double upper;
+
+  void finish() const {
+    if (!dst.is_same(out)) out.copy_(dst);
+  }
+};
+
+inline GuidedBackwardArgs prepare_guided_backward(const at::Tensor& grad_output, const at::Tensor& x,
+                                                  c10::optional<double> upper, c10::string_view rule,
+                                                  const at::Tensor& out) {
+  const char* op = "guided_relu_backward";
+  check_guided_backward_args(grad_output, x);
+  check_out(op, out, grad_output);
+  const RectifierRule r = parse_rule(op, rule);
+  const double up = parse_upper(op, upper);
+  at::assert_no_partial_overlap(out, grad_output);
+  at::assert_no_partial_overlap(out, x);
+  at::Tensor dst = out.is_contiguous() ? out : at::empty_like(out, at::MemoryFormat::Contiguous);
+  return {grad_output.contiguous(), x.contiguous(), dst, out, r, up};
 }
 
 inline at::Tensor saliency_output(const at::Tensor& grad) {

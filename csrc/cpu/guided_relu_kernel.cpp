@@ -1,7 +1,6 @@
 // CPU kernels: guided / deconvnet rectifier backward and the saliency reduction.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -96,30 +95,20 @@ void saliency_span(const c10::BFloat16* g, int64_t channels, int64_t plane, c10:
 }  // namespace
 
 void guided_relu_backward_out_cpu(const at::Tensor& grad_output, const at::Tensor& x,
-                                         c10::optional<double> upper, c10::string_view rule,
-                                   at::Tensor& out) {
-  check_guided_backward_args(grad_output, x);
-  check_out("guided_relu_backward", out, grad_output);
-  const RectifierRule r = parse_rule("guided_relu_backward", rule);
-  const double up = parse_upper("guided_relu_backward", upper);
-  at::assert_no_partial_overlap(out, grad_output);
-  at::assert_no_partial_overlap(out, x);
-  if (grad_output.numel() == 0) return;
-
-  const at::Tensor g_ = grad_output.contiguous();
-  const at::Tensor x_ = x.contiguous();
-  at::Tensor dst = writable_view_of(out);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g_.scalar_type(), "guided_relu_backward_cpu", [&] {
+                                  c10::optional<double> upper, c10::string_view rule, at::Tensor& out) {
+  const GuidedBackwardArgs a = prepare_guided_backward(grad_output, x, upper, rule, out);
+  if (a.g.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.g.scalar_type(), "guided_relu_backward_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const scalar_t* gp = g_.const_data_ptr<scalar_t>();
-    const scalar_t* xp = x_.const_data_ptr<scalar_t>();
-    scalar_t* op = dst.mutable_data_ptr<scalar_t>();
-    const opmath_t u = static_cast<opmath_t>(up);
-    at::parallel_for(0, g_.numel(), kElementwiseGrain, [&](int64_t begin, int64_t end) {
-      guided_span(gp + begin, xp + begin, op + begin, end - begin, u, r);
+    const scalar_t* gp = a.g.const_data_ptr<scalar_t>();
+    const scalar_t* xp = a.x.const_data_ptr<scalar_t>();
+    scalar_t* op = a.dst.mutable_data_ptr<scalar_t>();
+    const opmath_t u = static_cast<opmath_t>(a.upper);
+    at::parallel_for(0, a.g.numel(), kElementwiseGrain, [&](int64_t begin, int64_t end) {
+      guided_span(gp + begin, xp + begin, op + begin, end - begin, u, a.rule);
     });
   });
-  if (!dst.is_same(out)) out.copy_(dst);
+  a.finish();
 }
 
 at::Tensor guided_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x,

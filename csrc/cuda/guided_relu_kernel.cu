@@ -1,7 +1,6 @@
 // CUDA kernels: guided / deconvnet rectifier backward and the saliency reduction.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -103,31 +102,21 @@ __global__ void saliency_reduce_kernel(const scalar_t* __restrict__ g, scalar_t*
 }  // namespace
 
 void guided_relu_backward_out_cuda(const at::Tensor& grad_output, const at::Tensor& x,
-                                          c10::optional<double> upper, c10::string_view rule,
-                                    at::Tensor& out) {
-  check_guided_backward_args(grad_output, x);
-  check_out("guided_relu_backward", out, grad_output);
-  const RectifierRule r = parse_rule("guided_relu_backward", rule);
-  const double up = parse_upper("guided_relu_backward", upper);
-  at::assert_no_partial_overlap(out, grad_output);
-  at::assert_no_partial_overlap(out, x);
-  if (grad_output.numel() == 0) return;
-
+                                   c10::optional<double> upper, c10::string_view rule, at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  const at::Tensor g_ = grad_output.contiguous();
-  const at::Tensor x_ = x.contiguous();
-  at::Tensor dst = writable_view_of(out);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g_.scalar_type(), "guided_relu_backward_cuda", [&] {
-    const scalar_t* gp = g_.const_data_ptr<scalar_t>();
-    const scalar_t* xp = x_.const_data_ptr<scalar_t>();
-    scalar_t* op = dst.mutable_data_ptr<scalar_t>();
-    if (r == RectifierRule::Deconvnet) {
-      launch_guided_backward<scalar_t, RectifierRule::Deconvnet>(gp, xp, op, g_.numel(), up);
+  const GuidedBackwardArgs a = prepare_guided_backward(grad_output, x, upper, rule, out);
+  if (a.g.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.g.scalar_type(), "guided_relu_backward_cuda", [&] {
+    const scalar_t* gp = a.g.const_data_ptr<scalar_t>();
+    const scalar_t* xp = a.x.const_data_ptr<scalar_t>();
+    scalar_t* op = a.dst.mutable_data_ptr<scalar_t>();
+    if (a.rule == RectifierRule::Deconvnet) {
+      launch_guided_backward<scalar_t, RectifierRule::Deconvnet>(gp, xp, op, a.g.numel(), a.upper);
     } else {
-      launch_guided_backward<scalar_t, RectifierRule::Guided>(gp, xp, op, g_.numel(), up);
+      launch_guided_backward<scalar_t, RectifierRule::Guided>(gp, xp, op, a.g.numel(), a.upper);
     }
   });
-  if (!dst.is_same(out)) out.copy_(dst);
+  a.finish();
 }
 
 at::Tensor guided_relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& x,
