@@ -6,9 +6,11 @@
 #include <c10/util/Optional.h>
 
 #include <cstdio>
+#include <utility>
 #include <limits>
 #include <string>
 
+#include "kernels/gradcam.h"
 #include "kernels/guided_relu.h"
 
 namespace interp_ext {
@@ -77,6 +79,72 @@ inline void check_saliency_args(const at::Tensor& grad) {
   check_floating(op, "grad", grad);
   TORCH_CHECK(grad.dim() == 4, op, ": grad must be 4-D (N, C, H, W), got shape ", shape_str(grad));
   TORCH_CHECK(grad.size(1) > 0, op, ": grad must have at least one channel, got shape ", shape_str(grad));
+}
+
+// ---- Grad-CAM family and CAM ------------------------------------------------------------
+
+inline CamVariant parse_cam_variant(const char* op, c10::string_view variant) {
+  if (variant == "gradcam") return CamVariant::GradCAM;
+  if (variant == "gradcam++") return CamVariant::GradCAMPlusPlus;
+  if (variant == "xgradcam") return CamVariant::XGradCAM;
+  if (variant == "layercam") return CamVariant::LayerCAM;
+  if (variant == "hirescam") return CamVariant::HiResCAM;
+  TORCH_CHECK(false, op, ": variant must be one of \"gradcam\", \"gradcam++\", \"xgradcam\", \"layercam\", ",
+              "\"hirescam\", got \"", std::string(variant), "\"");
+}
+
+inline void check_feature_map(const char* op, const char* arg, const at::Tensor& t) {
+  check_floating(op, arg, t);
+  TORCH_CHECK(t.dim() == 4, op, ": ", arg, " must be 4-D (N, K, h, w), got shape ", shape_str(t));
+  TORCH_CHECK(t.size(2) > 0 && t.size(3) > 0, op, ": ", arg, " must have a non-empty spatial size, got shape ",
+              shape_str(t));
+}
+
+// (H, W) of the result: output_size, or the feature map's own (h, w).
+inline std::pair<int64_t, int64_t> cam_output_size(const char* op, const at::Tensor& features,
+                                                   at::OptionalIntArrayRef output_size) {
+  if (!output_size.has_value()) return {features.size(2), features.size(3)};
+  const auto s = *output_size;
+  TORCH_CHECK(s.size() == 2 && s[0] > 0 && s[1] > 0, op,
+              ": output_size must be two positive ints (H, W), got ", std::to_string(s.size()), " values");
+  return {s[0], s[1]};
+}
+
+inline void check_gradcam_args(const at::Tensor& activations, const at::Tensor& gradients) {
+  const char* op = "gradcam";
+  check_feature_map(op, "activations", activations);
+  check_feature_map(op, "gradients", gradients);
+  TORCH_CHECK(activations.sizes() == gradients.sizes(), op,
+              ": activations and gradients must have the same shape, got ", shape_str(activations), " and ",
+              shape_str(gradients));
+  TORCH_CHECK(activations.scalar_type() == gradients.scalar_type(), op,
+              ": activations and gradients must have the same dtype, got ", activations.scalar_type(), " and ",
+              gradients.scalar_type());
+  TORCH_CHECK(activations.device() == gradients.device(), op,
+              ": activations and gradients must be on the same device, got ", activations.device(), " and ",
+              gradients.device());
+}
+
+inline void check_cam_args(const at::Tensor& features, const at::Tensor& fc_weight, const at::Tensor& class_idx) {
+  const char* op = "cam";
+  check_feature_map(op, "features", features);
+  check_floating(op, "fc_weight", fc_weight);
+  TORCH_CHECK(fc_weight.dim() == 2 && fc_weight.size(1) == features.size(1), op,
+              ": fc_weight must be (num_classes, K) with K = features.size(1) = ", std::to_string(features.size(1)),
+              ", got shape ", shape_str(fc_weight));
+  TORCH_CHECK(class_idx.scalar_type() == at::kLong, op, ": class_idx must be an int64 tensor, got ",
+              class_idx.scalar_type());
+  TORCH_CHECK(class_idx.dim() == 1 && class_idx.size(0) == features.size(0), op,
+              ": class_idx must have one class per sample, shape (", std::to_string(features.size(0)), "), got ",
+              shape_str(class_idx));
+  TORCH_CHECK(fc_weight.device() == features.device() && class_idx.device() == features.device(), op,
+              ": features, fc_weight and class_idx must be on the same device");
+  if (class_idx.numel() > 0) {
+    const int64_t lo = class_idx.min().item<int64_t>(), hi = class_idx.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < fc_weight.size(0), op, ": class_idx must be in [0, ",
+                std::to_string(fc_weight.size(0)), "), got values from ", std::to_string(lo), " to ",
+                std::to_string(hi));
+  }
 }
 
 }  // namespace interp_ext

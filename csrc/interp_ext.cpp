@@ -27,6 +27,17 @@ TORCH_LIBRARY(interp_ext, m) {
   m.def(
       "guided_relu_backward.out(Tensor grad_output, Tensor x, float? upper=None, str rule=\"guided\", *, "
       "Tensor(a!) out) -> ()");
+  // Class activation maps (N, 1, H, W) from a layer's activations and the target's
+  // gradients, both (N, K, h, w): variant "gradcam", "gradcam++", "xgradcam", "layercam"
+  // or "hirescam"; then ReLU, bilinear resize to output_size (align_corners=False) and
+  // per-sample min-max normalisation on the resized map. Inference only.
+  m.def(
+      "gradcam(Tensor activations, Tensor gradients, str variant=\"gradcam\", bool relu=True, "
+      "int[]? output_size=None, bool normalize=True) -> Tensor");
+  // Zhou et al. CAM: sum_k fc_weight[class_idx[n], k] * features[n, k], same finishing.
+  m.def(
+      "cam(Tensor features, Tensor fc_weight, Tensor class_idx, bool relu=True, int[]? output_size=None, "
+      "bool normalize=True) -> Tensor");
   // Simonyan et al. saliency map: max over channels of |grad|, (N, C, H, W) -> (N, H, W).
   m.def("saliency_reduce(Tensor grad) -> Tensor");
 }
@@ -45,7 +56,7 @@ void cuda_not_compiled(const c10::OperatorHandle& op, torch::jit::Stack*) {
 
 TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
   for (const char* name : {"guided_relu", "guided_relu_", "guided_relu_backward", "guided_relu_backward.out",
-                           "saliency_reduce"}) {
+                           "saliency_reduce", "gradcam", "cam"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cuda_not_compiled>());
   }
 }

@@ -85,3 +85,59 @@ def _saliency_reduce_fake(grad):
         grad.shape[1] > 0, lambda: f"saliency_reduce: grad must have at least one channel, got shape {list(grad.shape)}"
     )
     return grad.new_empty((grad.shape[0], grad.shape[2], grad.shape[3]))
+
+
+_CAM_VARIANTS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
+
+
+def _check_feature_map(op: str, arg: str, t: torch.Tensor) -> None:
+    _check_floating(op, arg, t)
+    torch._check(t.dim() == 4, lambda: f"{op}: {arg} must be 4-D (N, K, h, w), got shape {list(t.shape)}")
+    torch._check(t.shape[2] > 0 and t.shape[3] > 0, lambda: f"{op}: {arg} must have a non-empty spatial size, got shape {list(t.shape)}")
+
+
+def _cam_output(op: str, features: torch.Tensor, output_size) -> torch.Tensor:
+    if output_size is None:
+        size = (features.shape[2], features.shape[3])
+    else:
+        torch._check(
+            len(output_size) == 2 and output_size[0] > 0 and output_size[1] > 0,
+            lambda: f"{op}: output_size must be two positive ints (H, W), got {len(output_size)} values",
+        )
+        size = tuple(output_size)
+    return features.new_empty((features.shape[0], 1, *size))
+
+
+@torch.library.register_fake("interp_ext::gradcam")
+def _gradcam_fake(activations, gradients, variant="gradcam", relu=True, output_size=None, normalize=True):
+    _check_feature_map("gradcam", "activations", activations)
+    _check_feature_map("gradcam", "gradients", gradients)
+    torch._check(
+        activations.shape == gradients.shape,
+        lambda: f"gradcam: activations and gradients must have the same shape, got {list(activations.shape)} and {list(gradients.shape)}",
+    )
+    torch._check(
+        activations.dtype == gradients.dtype,
+        lambda: f"gradcam: activations and gradients must have the same dtype, got {activations.dtype} and {gradients.dtype}",
+    )
+    torch._check(
+        variant in _CAM_VARIANTS,
+        lambda: "gradcam: variant must be one of " + ", ".join(f'"{v}"' for v in _CAM_VARIANTS) + f', got "{variant}"',
+    )
+    return _cam_output("gradcam", activations, output_size)
+
+
+@torch.library.register_fake("interp_ext::cam")
+def _cam_fake(features, fc_weight, class_idx, relu=True, output_size=None, normalize=True):
+    _check_feature_map("cam", "features", features)
+    _check_floating("cam", "fc_weight", fc_weight)
+    torch._check(
+        fc_weight.dim() == 2 and fc_weight.shape[1] == features.shape[1],
+        lambda: f"cam: fc_weight must be (num_classes, K) with K = features.size(1) = {features.shape[1]}, got shape {list(fc_weight.shape)}",
+    )
+    torch._check(class_idx.dtype == torch.int64, lambda: f"cam: class_idx must be an int64 tensor, got {class_idx.dtype}")
+    torch._check(
+        class_idx.dim() == 1 and class_idx.shape[0] == features.shape[0],
+        lambda: f"cam: class_idx must have one class per sample, shape ({features.shape[0]}), got {list(class_idx.shape)}",
+    )
+    return _cam_output("cam", features, output_size)

@@ -5,11 +5,12 @@ native kernels (CPU or CUDA, picked by the dispatcher from the tensors' device).
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import torch
 
 Rule = Literal["guided", "deconvnet"]
+CamVariant = Literal["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
 
 _ops = torch.ops.interp_ext
 
@@ -61,6 +62,50 @@ def saliency_reduce(grad: torch.Tensor) -> torch.Tensor:
     Inference only: no autograd.
     """
     return _ops.saliency_reduce.default(grad)
+
+
+def gradcam(
+    activations: torch.Tensor,
+    gradients: torch.Tensor,
+    *,
+    variant: CamVariant = "gradcam",
+    relu: bool = True,
+    output_size: Optional[Sequence[int]] = None,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Class activation maps ``(N, 1, H, W)`` from a layer's activations and the target
+    score's gradients with respect to them, both ``(N, K, h, w)``, in one native pass.
+
+    ``variant``: ``"gradcam"`` (channel weights = spatial mean of the gradients),
+    ``"gradcam++"`` (Chattopadhyay et al. alpha weights), ``"xgradcam"``, ``"layercam"``
+    (element-wise positive-gradient weighting) or ``"hirescam"`` (element-wise gradient x
+    activation). Then ReLU (``relu``), bilinear resize to ``output_size=(H, W)``
+    (``align_corners=False``, as ``F.interpolate``) and per-sample min-max to [0, 1] on
+    the resized map (``normalize``; a constant map gives zeros). Accumulates in float32
+    (float64 for float64 input); returns the input dtype. Inference only: no autograd.
+    See ``interp_ext.reference.gradcam`` for the formulas.
+    """
+    return _ops.gradcam.default(activations, gradients, variant, relu, _as_size(output_size), normalize)
+
+
+def cam(
+    features: torch.Tensor,
+    fc_weight: torch.Tensor,
+    class_idx: torch.Tensor,
+    *,
+    relu: bool = True,
+    output_size: Optional[Sequence[int]] = None,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Zhou et al. CAM ``(N, 1, H, W)``: ``sum_k fc_weight[class_idx[n], k] * features[n, k]``
+    for last-conv ``features (N, K, h, w)`` and classifier weights ``(num_classes, K)``;
+    same ``relu`` / ``output_size`` / ``normalize`` finishing as :func:`gradcam`.
+    Inference only."""
+    return _ops.cam.default(features, fc_weight, class_idx, relu, _as_size(output_size), normalize)
+
+
+def _as_size(size: Optional[Sequence[int]]) -> Optional[list[int]]:
+    return None if size is None else [int(s) for s in size]
 
 
 def _as_upper(upper: Optional[float]) -> Optional[float]:

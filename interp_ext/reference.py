@@ -30,3 +30,98 @@ def guided_relu_backward_where(grad_output: torch.Tensor, x: torch.Tensor) -> to
 def saliency_reduce(grad: torch.Tensor) -> torch.Tensor:
     """Simonyan et al.: ``max_c |grad|`` over the channel dimension of (N, C, H, W)."""
     return grad.abs().amax(dim=1)
+
+
+GRADCAM_VARIANTS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
+
+
+def resize_bilinear(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of (N, C, h, w) with F.interpolate's align_corners=False sampling
+    (source = (dst + 0.5) * in / out - 0.5, clamped at 0), written as lerps so equal
+    neighbours give exactly their value: a constant map stays exactly constant."""
+
+    def taps(n_in: int, n_out: int):
+        src = ((torch.arange(n_out, dtype=x.dtype, device=x.device) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+        i0 = src.long()
+        return i0, (i0 + 1).clamp(max=n_in - 1), src - i0
+
+    y0, y1, ly = taps(x.shape[2], size[0])
+    x0, x1, lx = taps(x.shape[3], size[1])
+
+    def along_x(rows):
+        return rows[..., x0] + lx * (rows[..., x1] - rows[..., x0])
+
+    top, bottom = along_x(x[:, :, y0, :]), along_x(x[:, :, y1, :])
+    return top + ly[:, None] * (bottom - top)
+
+
+def _finish_cam(cam: torch.Tensor, relu: bool, output_size, normalize: bool) -> torch.Tensor:
+    """ReLU, bilinear upsampling (align_corners=False) and per-sample min-max to [0, 1]
+    computed on the upsampled map; a constant map becomes all zeros."""
+    if relu:
+        cam = cam.clamp(min=0)
+    if output_size is not None:
+        cam = resize_bilinear(cam, tuple(output_size))
+    if normalize:
+        flat = cam.flatten(1)
+        lo = flat.amin(1).view(-1, 1, 1, 1)
+        span = (flat.amax(1) - flat.amin(1)).view(-1, 1, 1, 1)
+        cam = torch.where(span > 0, (cam - lo) / torch.where(span > 0, span, 1), torch.zeros_like(cam))
+    return cam
+
+
+def gradcam(
+    activations: torch.Tensor,
+    gradients: torch.Tensor,
+    variant: str = "gradcam",
+    relu: bool = True,
+    output_size=None,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Class activation maps (N, 1, H, W) from a layer's activations A and the gradients
+    G of the target score with respect to them, both (N, K, h, w).
+
+    - gradcam (Selvaraju et al.): w_k = mean_ij G_kij; map = sum_k w_k A_k
+    - gradcam++ (Chattopadhyay et al.): alpha = G^2 / (2 G^2 + sum_ab A_kab G^3) (0 where
+      the denominator is 0); w_k = sum_ij relu(G_kij) alpha_kij
+    - xgradcam (Fu et al.): w_k = sum_ij G_kij A_kij / sum_ij A_kij (0 where the sum is 0)
+    - layercam (Jiang et al.): map = sum_k relu(G_k) * A_k, element-wise
+    - hirescam (Draelos & Carin): map = sum_k G_k * A_k, element-wise
+    Computed in float32 (float64 for float64 inputs), returned in the input dtype.
+    """
+    acc = torch.promote_types(activations.dtype, torch.float32)
+    A, G = activations.to(acc), gradients.to(acc)
+    if variant == "gradcam":
+        cam = (G.mean((2, 3), keepdim=True) * A).sum(1, keepdim=True)
+    elif variant == "gradcam++":
+        g2 = G * G
+        denom = 2 * g2 + A.sum((2, 3), keepdim=True) * g2 * G
+        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, 1), torch.zeros_like(G))
+        w = (G.clamp(min=0) * alpha).sum((2, 3), keepdim=True)
+        cam = (w * A).sum(1, keepdim=True)
+    elif variant == "xgradcam":
+        s = A.sum((2, 3), keepdim=True)
+        w = torch.where(s != 0, (G * A).sum((2, 3), keepdim=True) / torch.where(s != 0, s, 1), torch.zeros_like(s))
+        cam = (w * A).sum(1, keepdim=True)
+    elif variant == "layercam":
+        cam = (G.clamp(min=0) * A).sum(1, keepdim=True)
+    elif variant == "hirescam":
+        cam = (G * A).sum(1, keepdim=True)
+    else:
+        raise ValueError(f"variant must be one of {GRADCAM_VARIANTS}, got {variant!r}")
+    return _finish_cam(cam, relu, output_size, normalize).to(activations.dtype)
+
+
+def cam(
+    features: torch.Tensor,
+    fc_weight: torch.Tensor,
+    class_idx: torch.Tensor,
+    relu: bool = True,
+    output_size=None,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Zhou et al. CAM: map_n = sum_k fc_weight[class_idx[n], k] * features[n, k]."""
+    acc = torch.promote_types(features.dtype, torch.float32)
+    w = fc_weight.to(acc)[class_idx]  # (N, K)
+    m = (w[:, :, None, None] * features.to(acc)).sum(1, keepdim=True)
+    return _finish_cam(m, relu, output_size, normalize).to(features.dtype)
