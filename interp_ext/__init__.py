@@ -11,13 +11,34 @@ from . import _C  # noqa: F401  (first of ours: registers torch.ops.interp_ext)
 from . import _fake  # noqa: F401
 from . import ops
 from ._build import build_info
-from .attr import Deconvolution, GuidedBackprop, Saliency, SmoothGrad
+from .attr import (
+    CAM,
+    CAMResult,
+    Deconvolution,
+    GradCAM,
+    GradCAMPlusPlus,
+    GuidedBackprop,
+    GuidedGradCAM,
+    HiResCAM,
+    LayerCAM,
+    Saliency,
+    SmoothGrad,
+    XGradCAM,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CAM",
+    "CAMResult",
     "Deconvolution",
+    "GradCAM",
+    "GradCAMPlusPlus",
     "GuidedBackprop",
+    "GuidedGradCAM",
+    "HiResCAM",
+    "LayerCAM",
+    "XGradCAM",
     "Saliency",
     "SmoothGrad",
     "__version__",

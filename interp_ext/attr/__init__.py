@@ -1,5 +1,19 @@
 """Attribution methods: one file per family."""
+from .cam import CAM, CAMResult, GradCAM, GradCAMPlusPlus, GuidedGradCAM, HiResCAM, LayerCAM, XGradCAM
 from .gradient import Deconvolution, GuidedBackprop, Saliency
 from .smoothgrad import SmoothGrad
 
-__all__ = ["Deconvolution", "GuidedBackprop", "Saliency", "SmoothGrad"]
+__all__ = [
+    "CAM",
+    "CAMResult",
+    "Deconvolution",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "HiResCAM",
+    "LayerCAM",
+    "Saliency",
+    "SmoothGrad",
+    "XGradCAM",
+]
