@@ -1,5 +1,6 @@
-"""`make demo`: guided backprop, deconvnet and saliency on the bundled model and the
-scikit-learn sample photos; writes overlays and the top-5 predictions to out/."""
+"""`make demo`: Grad-CAM, guided Grad-CAM, guided backprop, deconvnet, saliency and
+SmoothGrad on the bundled model and the scikit-learn sample photos; writes overlays and
+the top-5 predictions to out/."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from . import Deconvolution, GuidedBackprop, Saliency, SmoothGrad, models, viz
+from . import Deconvolution, GradCAM, GuidedBackprop, Saliency, SmoothGrad, models, viz
+
+# The bundled model's last MBConv block: 7x7 maps, the usual Grad-CAM layer.
+CAM_LAYER = "_blocks.15"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     smooth = SmoothGrad(Saliency(model), n_samples=args.smoothgrad_samples, stdev=0.15, batch_size=16, seed=0)
     smooth_map = torch.ops.interp_ext.saliency_reduce(smooth.attribute(x, target=target, abs=True))
     timings["smoothgrad_saliency"] = time.perf_counter() - start
+    start = time.perf_counter()
+    gradcam = GradCAM(model, CAM_LAYER).attribute(x, target=target).maps[:, 0]
+    timings["gradcam"] = time.perf_counter() - start
+    guided_gradcam = guided * gradcam[:, None]
 
     report = {"model": loaded.name, "device": str(device), "seconds": timings, "images": {}}
     for i, name in enumerate(names):
@@ -62,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             "deconvnet": viz.save_png(viz.gradient_image(deconv[i]), out / f"{stem}_deconvnet.png"),
             "saliency": viz.save_png(viz.overlay(crops[i], sal[i]), out / f"{stem}_saliency.png"),
             "smoothgrad": viz.save_png(viz.overlay(crops[i], smooth_map[i]), out / f"{stem}_smoothgrad.png"),
+            "gradcam": viz.save_png(viz.overlay(crops[i], gradcam[i]), out / f"{stem}_gradcam.png"),
+            "guided_gradcam": viz.save_png(viz.gradient_image(guided_gradcam[i]), out / f"{stem}_guided_gradcam.png"),
         }
         report["images"][name] = {
             "top5": [{"class": c, "probability": round(p, 4)} for c, p in top5[i]],
@@ -71,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out / ".predictions.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, out / "predictions.json")
-    print(f"wrote {len(names) * 5} PNGs and predictions.json to {out.resolve()}")
+    print(f"wrote {sum(len(v['files']) for v in report['images'].values())} PNGs and predictions.json to {out.resolve()}")
     return 0
 
 

@@ -31,7 +31,7 @@ fi
 $PY -c "import interp_ext, json; print(json.dumps(interp_ext.build_info()))" | tee "$OUT/build_info.json"
 
 step "CUDA tests + op tests (one file at a time; full logs in \$OUT)"
-for f in tests/test_cuda.py tests/test_guided_relu.py tests/test_gradient_methods.py; do
+for f in tests/test_cuda.py tests/test_gradcam_op.py tests/test_guided_relu.py tests/test_gradient_methods.py tests/test_cam_methods.py; do
   log="$OUT/pytest_$(basename "$f" .py).log"
   $PY -X faulthandler -m pytest -v -p no:cacheprovider -p no:logging "$f" > "$log" 2>&1 || status=1
   tail -1 "$log"
@@ -49,6 +49,11 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         ops.guided_relu_backward(g, x); ops.guided_relu_backward(g[1:], x[1:], 6.0, "deconvnet")
         ops.guided_relu_backward(g, x, out=torch.empty_like(g))
     ops.saliency_reduce(torch.randn(2, 3, 17, 9, device="cuda", dtype=dtype))
+    a = torch.randn(3, 40, 7, 5, device="cuda", dtype=dtype).relu(); g = torch.randn_like(a)
+    for variant in ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"):
+        ops.gradcam(a, g, variant=variant, output_size=(33, 21))
+    ops.gradcam(torch.randn(2, 3, 120, 120, device="cuda", dtype=dtype), torch.randn(2, 3, 120, 120, device="cuda", dtype=dtype))
+    ops.cam(a, torch.randn(10, 40, device="cuda", dtype=dtype), torch.tensor([0, 3, 9], device="cuda"), output_size=(8, 8))
 torch.cuda.synchronize(); print("sanitizer case done")
 PYEOF
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 $PY /tmp/sanitize_case.py \
@@ -56,7 +61,11 @@ PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitc
 tail -5 "$OUT/sanitizer.log"; [ $rc -eq 0 ] || { echo "SANITIZER rc=$rc"; status=1; }
 
 step "benchmarks"
-[ -n "${SKIP_BENCH:-}" ] || $PY benchmarks/bench_guided_relu.py --device cuda --out "$OUT" ${QUICK:+--quick} 2>&1 | grep -v Warning || status=1
+if [ -z "${SKIP_BENCH:-}" ]; then
+  for b in benchmarks/bench_guided_relu.py benchmarks/bench_gradcam.py; do
+    $PY "$b" --device cuda --out "$OUT" ${QUICK:+--quick} 2>&1 | grep -v Warning || status=1
+  done
+fi
 
 step "done, status $status"
 exit $status

@@ -180,6 +180,7 @@ def test_guided_gradcam_is_guided_backprop_times_cam(resnet):
 
 
 def test_gradcam_finds_the_flower_on_the_bundled_model():
+    pytest.importorskip("efficientnet_lite_pytorch")
     from sklearn.datasets import load_sample_image
 
     from interp_ext import models

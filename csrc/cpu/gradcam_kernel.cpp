@@ -13,6 +13,7 @@
 
 #include "../kernels/gradcam.h"
 #include "../ops_common.h"
+#include "vectorize.h"
 
 namespace interp_ext {
 namespace {
@@ -25,7 +26,75 @@ std::vector<LinearTap<T>> taps_for(int64_t in_size, int64_t out_size) {
   return taps;
 }
 
-// The weighted sum over channels for one sample, into `cam` (h*w values).
+// ---- vectorisable spans (T: stored type, Acc: accumulation type) -------------------------
+
+template <typename T, typename Acc>
+INTERP_EXT_CLONES Acc span_sum(const T* x, int64_t n) {
+  Acc s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += Acc(x[i]);
+  return s;
+}
+
+template <typename T, typename Acc>
+INTERP_EXT_CLONES void span_sum_and_dot(const T* a, const T* g, int64_t n, Acc& sum_a, Acc& sum_ga) {
+  Acc sa = 0, sga = 0;
+#pragma omp simd reduction(+ : sa, sga)
+  for (int64_t i = 0; i < n; ++i) {
+    sa += Acc(a[i]);
+    sga += Acc(g[i]) * Acc(a[i]);
+  }
+  sum_a = sa;
+  sum_ga = sga;
+}
+
+template <typename T, typename Acc>
+INTERP_EXT_CLONES Acc span_gradcampp(const T* g, int64_t n, Acc sum_a) {
+  Acc s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += gradcampp_term<Acc>(Acc(g[i]), sum_a);
+  return s;
+}
+
+template <typename T, typename Acc>
+INTERP_EXT_CLONES void span_axpy(Acc w, const T* a, Acc* cam, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) cam[i] += w * Acc(a[i]);
+}
+
+template <typename T, typename Acc>
+INTERP_EXT_CLONES void span_elementwise(CamVariant v, const T* g, const T* a, Acc* cam, int64_t n) {
+  if (v == CamVariant::LayerCAM) {
+    for (int64_t i = 0; i < n; ++i) cam[i] += elementwise_weight<Acc>(CamVariant::LayerCAM, Acc(g[i])) * Acc(a[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) cam[i] += Acc(g[i]) * Acc(a[i]);
+  }
+}
+
+// out = r0 + t (r1 - r0) along a row, tracking the row's min and max.
+template <typename Acc>
+INTERP_EXT_CLONES void span_lerp(const Acc* r0, const Acc* r1, Acc t, Acc* out, int64_t n, Acc& lo, Acc& hi) {
+  Acc l = lo, h = hi;
+  for (int64_t i = 0; i < n; ++i) {
+    const Acc v = r0[i] + t * (r1[i] - r0[i]);
+    out[i] = v;
+    l = v < l ? v : l;
+    h = v > h ? v : h;
+  }
+  lo = l;
+  hi = h;
+}
+
+template <typename T, typename Acc>
+INTERP_EXT_CLONES void span_store(const Acc* src, T* dst, int64_t n, bool normalize, Acc lo, Acc span) {
+  if (normalize) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = T(min_max_normalized<Acc>(src[i], lo, span));
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = T(src[i]);
+  }
+}
+
+// The weighted sum over channels for one sample, into `cam` (h*w values): one pass over
+// each channel plane (Grad-CAM++ looks at a plane twice while it is still in cache).
 template <typename scalar_t, typename acc_t>
 void accumulate_channels(const scalar_t* A, const scalar_t* G, const acc_t* given, int64_t channels, int64_t hw,
                          CamVariant v, acc_t* cam) {
@@ -34,28 +103,20 @@ void accumulate_channels(const scalar_t* A, const scalar_t* G, const acc_t* give
     const scalar_t* a = A + k * hw;
     const scalar_t* g = G ? G + k * hw : nullptr;
     if (is_elementwise(v)) {
-      for (int64_t p = 0; p < hw; ++p) cam[p] += elementwise_weight<acc_t>(v, g[p]) * acc_t(a[p]);
+      span_elementwise<scalar_t, acc_t>(v, g, a, cam, hw);
       continue;
     }
     acc_t wk = 0;
     if (v == CamVariant::Given) {
       wk = given[k];
     } else if (v == CamVariant::GradCAM) {
-      for (int64_t p = 0; p < hw; ++p) wk += acc_t(g[p]);
-      wk /= acc_t(hw);
+      wk = span_sum<scalar_t, acc_t>(g, hw) / acc_t(hw);
     } else {
-      acc_t sum_a = 0, sum_ga = 0;
-      for (int64_t p = 0; p < hw; ++p) {
-        sum_a += acc_t(a[p]);
-        sum_ga += acc_t(g[p]) * acc_t(a[p]);
-      }
-      if (v == CamVariant::XGradCAM) {
-        wk = safe_ratio(sum_ga, sum_a);
-      } else {  // Grad-CAM++: the plane is still in cache for this second look at g
-        for (int64_t p = 0; p < hw; ++p) wk += gradcampp_term<acc_t>(acc_t(g[p]), sum_a);
-      }
+      acc_t sum_a, sum_ga;
+      span_sum_and_dot<scalar_t, acc_t>(a, g, hw, sum_a, sum_ga);
+      wk = v == CamVariant::XGradCAM ? safe_ratio(sum_ga, sum_a) : span_gradcampp<scalar_t, acc_t>(g, hw, sum_a);
     }
-    for (int64_t p = 0; p < hw; ++p) cam[p] += wk * acc_t(a[p]);
+    span_axpy<scalar_t, acc_t>(wk, a, cam, hw);
   }
 }
 
@@ -66,7 +127,6 @@ at::Tensor cam_reduce_cpu(const at::Tensor& A, const at::Tensor& G, const at::Te
   const int64_t N = A.size(0), K = A.size(1), h = A.size(2), w = A.size(3), hw = h * w;
   at::Tensor out = at::empty({N, 1, H, W}, A.options());
   if (N == 0) return out;
-  const bool resize = (H != h || W != w);
   const auto ytaps = taps_for<acc_t>(h, H);
   const auto xtaps = taps_for<acc_t>(w, W);
   const scalar_t* ap = A.const_data_ptr<scalar_t>();
@@ -75,30 +135,27 @@ at::Tensor cam_reduce_cpu(const at::Tensor& A, const at::Tensor& G, const at::Te
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
 
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> cam(hw), up(resize ? H * W : 0);
+    // per task: the h x w map, its rows resized along x (h x W), the H x W result
+    std::vector<acc_t> cam(hw), rows(h * W), up(H * W);
     for (int64_t n = begin; n < end; ++n) {
       accumulate_channels<scalar_t, acc_t>(ap + n * K * hw, gp ? gp + n * K * hw : nullptr, wp ? wp + n * K : nullptr,
                                            K, hw, v, cam.data());
       if (relu)
         for (auto& c : cam) c = c > acc_t(0) ? c : acc_t(0);
-      acc_t* final_map = cam.data();
-      if (resize) {
-        for (int64_t y = 0; y < H; ++y)
-          for (int64_t x = 0; x < W; ++x) up[y * W + x] = bilinear<acc_t>(cam.data(), w, ytaps[y], xtaps[x]);
-        final_map = up.data();
-      }
-      const int64_t size = H * W;
-      scalar_t* dst = op + n * size;
-      if (normalize) {
-        acc_t lo = std::numeric_limits<acc_t>::infinity(), hi = -lo;
-        for (int64_t i = 0; i < size; ++i) {
-          lo = std::min(lo, final_map[i]);
-          hi = std::max(hi, final_map[i]);
+      // Separable resize: gather along x once per source row, then each output row is
+      // a vectorised lerp of two of those rows (an identity resize is the same code).
+      for (int64_t y = 0; y < h; ++y)
+        for (int64_t x = 0; x < W; ++x) {
+          const LinearTap<acc_t>& t = xtaps[x];
+          const acc_t* r = cam.data() + y * w;
+          rows[y * W + x] = r[t.i0] + t.l1 * (r[t.i1] - r[t.i0]);
         }
-        for (int64_t i = 0; i < size; ++i) dst[i] = scalar_t(min_max_normalized<acc_t>(final_map[i], lo, hi - lo));
-      } else {
-        for (int64_t i = 0; i < size; ++i) dst[i] = scalar_t(final_map[i]);
+      acc_t lo = std::numeric_limits<acc_t>::infinity(), hi = -lo;
+      for (int64_t y = 0; y < H; ++y) {
+        const LinearTap<acc_t>& t = ytaps[y];
+        span_lerp<acc_t>(rows.data() + t.i0 * W, rows.data() + t.i1 * W, t.l1, up.data() + y * W, W, lo, hi);
       }
+      span_store<scalar_t, acc_t>(up.data(), op + n * H * W, H * W, normalize, lo, hi - lo);
     }
   });
   return out;

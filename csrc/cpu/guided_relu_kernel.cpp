@@ -9,14 +9,7 @@
 
 #include "../kernels/guided_relu.h"
 #include "../ops_common.h"
-
-// Extensions are built without -march; function multi-versioning lets the loader
-// pick the widest vector unit of the running CPU for the hot loops.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define INTERP_EXT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define INTERP_EXT_CLONES
-#endif
+#include "vectorize.h"
 
 namespace interp_ext {
 namespace {
