@@ -119,7 +119,7 @@ def reduction_rows(device: str, shapes, min_run_time: float) -> list[dict]:
     return rows
 
 
-def end_to_end_rows(device: str, batch: int, min_run_time: float) -> list[dict]:
+def end_to_end_rows(device: str, batch: int, rounds: int) -> list[dict]:
     import torchvision
 
     rows = []
@@ -162,16 +162,14 @@ def end_to_end_rows(device: str, batch: int, min_run_time: float) -> list[dict]:
         warnings.simplefilter("ignore")
         for threads in common.thread_settings(device):
             torch.set_num_threads(threads)
-            t_ours = common.median_seconds(ours, device, min_run_time)
-            t_model = common.median_seconds(model_only, device, min_run_time)
-            row = {"device": device, "threads": threads, "model": "resnet50", "batch": batch, "interp_ext_s": t_ours,
-                   "model_share": min(1.0, t_model / t_ours)}
-            for name, fn in peers.items():
-                t = common.median_seconds(fn, device, min_run_time)
-                row[f"{name}_s"] = t
-                row[f"speedup_vs_{name}"] = t / t_ours
+            t = common.interleaved_medians({"interp_ext": ours, "model": model_only, **peers}, device, rounds)
+            row = {"device": device, "threads": threads, "model": "resnet50", "batch": batch,
+                   "interp_ext_s": t["interp_ext"], "model_share": min(1.0, t["model"] / t["interp_ext"])}
+            for name in peers:
+                row[f"{name}_s"] = t[name]
+                row[f"speedup_vs_{name}"] = t[name] / t["interp_ext"]
             rows.append(row)
-            print(f"[{device} t={threads}] Grad-CAM resnet50 batch {batch}: interp_ext {t_ours:.3f} s "
+            print(f"[{device} t={threads}] Grad-CAM resnet50 batch {batch}: interp_ext {t['interp_ext']:.3f} s "
                   f"(model {row['model_share']:.0%})"
                   + "".join(f", {n} {row[f'{n}_s']:.3f} s (x{row[f'speedup_vs_{n}']:.2f})" for n in peers), flush=True)
     torch.set_num_threads(default_threads)
@@ -187,8 +185,7 @@ def main(argv=None) -> int:
     shapes = [((4, 64, 14, 14), (56, 56))] if args.quick else SHAPES
     min_run_time = 0.05 if args.quick else 0.5
     red = reduction_rows(args.device, shapes, min_run_time)
-    e2e_time = min_run_time if args.quick or args.device == "cuda" else 8.0
-    e2e = end_to_end_rows(args.device, 2 if args.quick else 16, e2e_time)
+    e2e = end_to_end_rows(args.device, 2 if args.quick else 16, 3 if args.quick else (20 if args.device == "cuda" else 5))
     payload = {"machine": common.machine(args.device), "build": interp_ext.build_info(), "reduction": red, "end_to_end": e2e}
     md = "\n\n".join([
         f"### Grad-CAM reduction, {payload['machine']['device']} ({payload['machine']['cpu']}), torch {payload['machine']['torch']}",

@@ -29,6 +29,23 @@ def median_seconds(fn: Callable[[], object], device: str, min_run_time: float) -
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, rounds: int) -> dict[str, float]:
+    """Median seconds per function, timing one call of each in turn for `rounds` rounds,
+    so that slow drifts of a noisy machine hit every contender alike. For calls long
+    enough (~0.1 s and up) that one sample is meaningful."""
+    for fn in fns.values():
+        fn()  # warm-up
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
+
+
 def rotating(make: Callable[[], tuple], device: str, bytes_per_set: int) -> Callable[[], tuple]:
     """On a GPU, cycle through enough input sets that repeated calls do not hit L2."""
     if device != "cuda":

@@ -84,6 +84,23 @@ def test_cam_equals_gradcam_up_to_scale_on_gap_linear_head(resnet):
         GradCAM(resnet, "layer4").attribute(x, target=[4, 9]).maps, rtol=1e-4, atol=1e-5)
 
 
+def test_records_autograd_only_after_the_target_layer(resnet):
+    x = torch.randn(2, 3, 64, 64)
+    want = GradCAM(resnet, "layer4").attribute(x, target=[1, 2]).maps
+    seen = {}
+    probe = resnet.layer2.register_forward_hook(lambda m, a, out: seen.update(layer2=out.requires_grad))
+    try:
+        with torch.no_grad():  # also works inside the caller's no_grad
+            got = GradCAM(resnet, "layer4").attribute(x, target=[1, 2]).maps
+        cam_res = CAM(resnet, "layer4", "fc").attribute(x)
+    finally:
+        probe.remove()
+    assert seen["layer2"] is False  # layers before the target keep no graph
+    assert cam_res.logits.grad_fn is None  # CAM records nothing at all
+    assert torch.is_grad_enabled()
+    torch.testing.assert_close(got, want)
+
+
 def test_target_forms_and_score_functions(resnet):
     x = torch.randn(2, 3, 64, 64)
     gc_ = GradCAM(resnet, "layer4")

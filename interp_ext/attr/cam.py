@@ -53,12 +53,17 @@ def resolve_layers(model: nn.Module, layers: Union[LayerSpec, Sequence[LayerSpec
 
 
 class _Capture:
-    """Forward hooks that keep each target layer's output for one call. The hook hands
-    the rest of the model a clone, so an in-place op after the layer (ReLU(inplace=True))
-    cannot overwrite the activation we keep."""
+    """Forward hooks that keep each target layer's output for one call.
 
-    def __init__(self, layers: list[tuple[str, nn.Module]]):
+    The hook hands the rest of the model a clone, so an in-place op after the layer
+    (ReLU(inplace=True)) cannot overwrite the activation we keep. Run the forward under
+    ``torch.no_grad()``: the first target layer to run switches autograd on, so only
+    the part of the network after it is recorded (what the gradient needs), and the
+    layers before it keep no saved tensors. The ``no_grad`` block restores the mode."""
+
+    def __init__(self, layers: list[tuple[str, nn.Module]], start_autograd: bool = True):
         self.layers = layers
+        self.start_autograd = start_autograd
         self.outputs: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
         self.handles = []
@@ -80,6 +85,9 @@ class _Capture:
                 shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
                 raise ValueError(f"target_layer {name!r} must output a (N, K, h, w) feature map, got {shape}")
             self.calls[name] = self.calls.get(name, 0) + 1
+            if self.start_autograd and not torch.is_grad_enabled():  # the first target layer: record from here on
+                output = output.detach().requires_grad_(True)
+                torch.set_grad_enabled(True)
             self.outputs[name] = output
             return output.clone()
 
@@ -165,14 +173,14 @@ class _GradCAMBase:
         check_inputs(inputs)
         size = _size(output_size, inputs)
         target_t = None if callable(target) else normalize_target(target, inputs.shape[0], inputs.device)
-        x = inputs.detach().requires_grad_(True)  # so every activation is in the graph
-        with _Capture(self.layers) as cap, torch.enable_grad():
-            logits = self.model(x)
+        with _Capture(self.layers) as cap, torch.no_grad():  # the hooks turn autograd on
+            logits = self.model(inputs)
             acts = cap.get()
         if not isinstance(logits, torch.Tensor):
             raise TypeError(f"the model must return a tensor, got {type(logits).__name__}")
-        score = _scores(logits, target, target_t)
-        grads = torch.autograd.grad(score.sum(), acts)
+        with torch.enable_grad():  # the score is part of the graph, also inside a caller's no_grad
+            score = _scores(logits, target, target_t)
+            grads = torch.autograd.grad(score.sum(), acts)
         maps = [
             ops.gradcam(a.detach(), g, variant=self.variant, output_size=size, normalize=normalize)
             for a, g in zip(acts, grads)
@@ -236,7 +244,7 @@ class CAM:
         check_inputs(inputs)
         size = _size(output_size, inputs)
         target_t = normalize_target(target, inputs.shape[0], inputs.device)
-        with _Capture(self.layers) as cap, torch.no_grad():
+        with _Capture(self.layers, start_autograd=False) as cap, torch.no_grad():
             logits = self.model(inputs)
             (features,) = cap.get()
         if features.shape[1] != self.fc.in_features:
