@@ -157,6 +157,25 @@ def test_hooks_removed_and_nothing_kept_alive(resnet):
     assert all(len(m._forward_hooks) == 0 for m in resnet.modules())
 
 
+def test_memory_flat_across_many_calls():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    cam = GradCAM(model, "0")
+    x = torch.randn(4, 3, 16, 16)
+
+    def live_tensors():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if issubclass(type(o), torch.Tensor))
+
+    for _ in range(20):
+        cam.attribute(x)
+    before = live_tensors()
+    for _ in range(1000):
+        cam.attribute(x)
+    assert live_tensors() <= before
+    assert len(model[0]._forward_hooks) == 0
+
+
 def test_hooks_removed_after_an_exception():
     class Boom(nn.Module):
         def __init__(self):

@@ -27,9 +27,11 @@ std::vector<LinearTap<T>> taps_for(int64_t in_size, int64_t out_size) {
 }
 
 // ---- vectorisable spans (T: stored type, Acc: accumulation type) -------------------------
+// Inlined into the multi-versioned per-sample functions below, so they are compiled for
+// each vector unit without a call per channel (channels are often only 7x7).
 
 template <typename T, typename Acc>
-INTERP_EXT_CLONES Acc span_sum(const T* x, int64_t n) {
+inline Acc span_sum(const T* x, int64_t n) {
   Acc s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) s += Acc(x[i]);
@@ -37,7 +39,7 @@ INTERP_EXT_CLONES Acc span_sum(const T* x, int64_t n) {
 }
 
 template <typename T, typename Acc>
-INTERP_EXT_CLONES void span_sum_and_dot(const T* a, const T* g, int64_t n, Acc& sum_a, Acc& sum_ga) {
+inline void span_sum_and_dot(const T* a, const T* g, int64_t n, Acc& sum_a, Acc& sum_ga) {
   Acc sa = 0, sga = 0;
 #pragma omp simd reduction(+ : sa, sga)
   for (int64_t i = 0; i < n; ++i) {
@@ -49,7 +51,7 @@ INTERP_EXT_CLONES void span_sum_and_dot(const T* a, const T* g, int64_t n, Acc& 
 }
 
 template <typename T, typename Acc>
-INTERP_EXT_CLONES Acc span_gradcampp(const T* g, int64_t n, Acc sum_a) {
+inline Acc span_gradcampp(const T* g, int64_t n, Acc sum_a) {
   Acc s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) s += gradcampp_term<Acc>(Acc(g[i]), sum_a);
@@ -57,12 +59,12 @@ INTERP_EXT_CLONES Acc span_gradcampp(const T* g, int64_t n, Acc sum_a) {
 }
 
 template <typename T, typename Acc>
-INTERP_EXT_CLONES void span_axpy(Acc w, const T* a, Acc* cam, int64_t n) {
+inline void span_axpy(Acc w, const T* a, Acc* cam, int64_t n) {
   for (int64_t i = 0; i < n; ++i) cam[i] += w * Acc(a[i]);
 }
 
 template <typename T, typename Acc>
-INTERP_EXT_CLONES void span_elementwise(CamVariant v, const T* g, const T* a, Acc* cam, int64_t n) {
+inline void span_elementwise(CamVariant v, const T* g, const T* a, Acc* cam, int64_t n) {
   if (v == CamVariant::LayerCAM) {
     for (int64_t i = 0; i < n; ++i) cam[i] += elementwise_weight<Acc>(CamVariant::LayerCAM, Acc(g[i])) * Acc(a[i]);
   } else {
@@ -72,7 +74,7 @@ INTERP_EXT_CLONES void span_elementwise(CamVariant v, const T* g, const T* a, Ac
 
 // out = r0 + t (r1 - r0) along a row, tracking the row's min and max.
 template <typename Acc>
-INTERP_EXT_CLONES void span_lerp(const Acc* r0, const Acc* r1, Acc t, Acc* out, int64_t n, Acc& lo, Acc& hi) {
+inline void span_lerp(const Acc* r0, const Acc* r1, Acc t, Acc* out, int64_t n, Acc& lo, Acc& hi) {
   Acc l = lo, h = hi;
   for (int64_t i = 0; i < n; ++i) {
     const Acc v = r0[i] + t * (r1[i] - r0[i]);
@@ -85,7 +87,7 @@ INTERP_EXT_CLONES void span_lerp(const Acc* r0, const Acc* r1, Acc t, Acc* out, 
 }
 
 template <typename T, typename Acc>
-INTERP_EXT_CLONES void span_store(const Acc* src, T* dst, int64_t n, bool normalize, Acc lo, Acc span) {
+inline void span_store(const Acc* src, T* dst, int64_t n, bool normalize, Acc lo, Acc span) {
   if (normalize) {
     for (int64_t i = 0; i < n; ++i) dst[i] = T(min_max_normalized<Acc>(src[i], lo, span));
   } else {
@@ -96,7 +98,7 @@ INTERP_EXT_CLONES void span_store(const Acc* src, T* dst, int64_t n, bool normal
 // The weighted sum over channels for one sample, into `cam` (h*w values): one pass over
 // each channel plane (Grad-CAM++ looks at a plane twice while it is still in cache).
 template <typename scalar_t, typename acc_t>
-void accumulate_channels(const scalar_t* A, const scalar_t* G, const acc_t* given, int64_t channels, int64_t hw,
+INTERP_EXT_CLONES void accumulate_channels(const scalar_t* A, const scalar_t* G, const acc_t* given, int64_t channels, int64_t hw,
                          CamVariant v, acc_t* cam) {
   std::fill(cam, cam + hw, acc_t(0));
   for (int64_t k = 0; k < channels; ++k) {
@@ -118,6 +120,23 @@ void accumulate_channels(const scalar_t* A, const scalar_t* G, const acc_t* give
     }
     span_axpy<scalar_t, acc_t>(wk, a, cam, hw);
   }
+}
+
+// ReLU'd map (h x w) -> resized (H x W) -> normalised, written in the output dtype.
+// Separable: gather along x once per source row, then each output row is a vectorised
+// lerp of two of those rows (an identity resize runs the same code, exactly).
+template <typename scalar_t, typename acc_t>
+INTERP_EXT_CLONES void resize_and_store(const acc_t* cam, int64_t h, int64_t w, const LinearTap<acc_t>* ytaps,
+                                        const LinearTap<acc_t>* xtaps, int64_t H, int64_t W, bool normalize,
+                                        acc_t* rows, acc_t* up, scalar_t* dst) {
+  for (int64_t y = 0; y < h; ++y) {
+    const acc_t* r = cam + y * w;
+    for (int64_t x = 0; x < W; ++x) rows[y * W + x] = r[xtaps[x].i0] + xtaps[x].l1 * (r[xtaps[x].i1] - r[xtaps[x].i0]);
+  }
+  acc_t lo = std::numeric_limits<acc_t>::infinity(), hi = -lo;
+  for (int64_t y = 0; y < H; ++y)
+    span_lerp<acc_t>(rows + ytaps[y].i0 * W, rows + ytaps[y].i1 * W, ytaps[y].l1, up + y * W, W, lo, hi);
+  span_store<scalar_t, acc_t>(up, dst, H * W, normalize, lo, hi - lo);
 }
 
 template <typename scalar_t>
@@ -142,20 +161,8 @@ at::Tensor cam_reduce_cpu(const at::Tensor& A, const at::Tensor& G, const at::Te
                                            K, hw, v, cam.data());
       if (relu)
         for (auto& c : cam) c = c > acc_t(0) ? c : acc_t(0);
-      // Separable resize: gather along x once per source row, then each output row is
-      // a vectorised lerp of two of those rows (an identity resize is the same code).
-      for (int64_t y = 0; y < h; ++y)
-        for (int64_t x = 0; x < W; ++x) {
-          const LinearTap<acc_t>& t = xtaps[x];
-          const acc_t* r = cam.data() + y * w;
-          rows[y * W + x] = r[t.i0] + t.l1 * (r[t.i1] - r[t.i0]);
-        }
-      acc_t lo = std::numeric_limits<acc_t>::infinity(), hi = -lo;
-      for (int64_t y = 0; y < H; ++y) {
-        const LinearTap<acc_t>& t = ytaps[y];
-        span_lerp<acc_t>(rows.data() + t.i0 * W, rows.data() + t.i1 * W, t.l1, up.data() + y * W, W, lo, hi);
-      }
-      span_store<scalar_t, acc_t>(up.data(), op + n * H * W, H * W, normalize, lo, hi - lo);
+      resize_and_store<scalar_t, acc_t>(cam.data(), h, w, ytaps.data(), xtaps.data(), H, W, normalize, rows.data(),
+                                        up.data(), op + n * H * W);
     }
   });
   return out;
