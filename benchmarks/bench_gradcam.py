@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     shapes = [((4, 64, 14, 14), (56, 56))] if args.quick else SHAPES
     min_run_time = 0.05 if args.quick else 0.5
     red = reduction_rows(args.device, shapes, min_run_time)
-    e2e = end_to_end_rows(args.device, 2 if args.quick else 16, 3 if args.quick else (20 if args.device == "cuda" else 5))
+    e2e = end_to_end_rows(args.device, 2 if args.quick else 16, 3 if args.quick else (20 if args.device == "cuda" else 9))
     payload = {"machine": common.machine(args.device), "build": interp_ext.build_info(), "reduction": red, "end_to_end": e2e}
     md = "\n\n".join([
         f"### Grad-CAM reduction, {payload['machine']['device']} ({payload['machine']['cpu']}), torch {payload['machine']['torch']}",
