@@ -12,6 +12,7 @@
 
 #include "kernels/gradcam.h"
 #include "kernels/guided_relu.h"
+#include "kernels/occlusion.h"
 
 namespace interp_ext {
 
@@ -145,6 +146,59 @@ inline void check_cam_args(const at::Tensor& features, const at::Tensor& fc_weig
                 std::to_string(fc_weight.size(0)), "), got values from ", std::to_string(lo), " to ",
                 std::to_string(hi));
   }
+}
+
+// ---- occlusion ---------------------------------------------------------------------------
+
+// Validates window and stride against a (C, H, W) feature shape; returns the grid.
+inline WindowGrid make_window_grid(const char* op, c10::IntArrayRef shape, c10::IntArrayRef window,
+                                   c10::IntArrayRef stride) {
+  TORCH_CHECK(shape.size() == 3, op, ": the feature shape must be (C, H, W), got ", std::to_string(shape.size()),
+              " dims");
+  TORCH_CHECK(window.size() == 3, op, ": window must have 3 values (C, H, W), got ", std::to_string(window.size()));
+  TORCH_CHECK(stride.size() == 3, op, ": stride must have 3 values (C, H, W), got ", std::to_string(stride.size()));
+  WindowGrid g;
+  const char* names[3] = {"C", "H", "W"};
+  for (int d = 0; d < 3; ++d) {
+    TORCH_CHECK(shape[d] > 0, op, ": the feature shape must be positive, got ", std::to_string(shape[d]), " for ",
+                names[d]);
+    TORCH_CHECK(window[d] > 0 && window[d] <= shape[d], op, ": window ", names[d], " = ", std::to_string(window[d]),
+                " must be in [1, ", std::to_string(shape[d]), "] (the input size)");
+    TORCH_CHECK(stride[d] > 0, op, ": stride ", names[d], " must be positive, got ", std::to_string(stride[d]));
+    g.size[d] = shape[d];
+    g.window[d] = window[d];
+    g.stride[d] = stride[d];
+    g.count[d] = window_count(shape[d], window[d], stride[d]);
+  }
+  return g;
+}
+
+inline int64_t total_windows(const WindowGrid& g) { return g.count[0] * g.count[1] * g.count[2]; }
+
+inline WindowGrid check_occlusion_batch_args(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                                             c10::IntArrayRef stride, int64_t start, int64_t count) {
+  const char* op = "occlusion_batch";
+  check_floating(op, "x", x);
+  TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got shape ", shape_str(x));
+  TORCH_CHECK(baseline.scalar_type() == x.scalar_type() && baseline.device() == x.device(), op,
+              ": baseline must have x's dtype and device");
+  TORCH_CHECK(baseline.dim() == 4 && (baseline.size(0) == 1 || baseline.size(0) == x.size(0)) &&
+                  baseline.size(1) == x.size(1) && baseline.size(2) == x.size(2) && baseline.size(3) == x.size(3),
+              op, ": baseline must be (1 or N, C, H, W) = ", shape_str(x), ", got ", shape_str(baseline));
+  const WindowGrid g = make_window_grid(op, x.sizes().slice(1), window, stride);
+  TORCH_CHECK(start >= 0 && count >= 0 && start + count <= total_windows(g), op, ": windows ", std::to_string(start),
+              "..", std::to_string(start + count), " are out of range: there are ", std::to_string(total_windows(g)));
+  return g;
+}
+
+inline WindowGrid check_occlusion_accumulate_args(const at::Tensor& diffs, c10::IntArrayRef shape,
+                                                  c10::IntArrayRef window, c10::IntArrayRef stride) {
+  const char* op = "occlusion_accumulate";
+  check_floating(op, "diffs", diffs);
+  const WindowGrid g = make_window_grid(op, shape, window, stride);
+  TORCH_CHECK(diffs.dim() == 2 && diffs.size(1) == total_windows(g), op, ": diffs must be (N, ",
+              std::to_string(total_windows(g)), ") (one score difference per window), got ", shape_str(diffs));
+  return g;
 }
 
 }  // namespace interp_ext

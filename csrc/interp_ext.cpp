@@ -38,6 +38,13 @@ TORCH_LIBRARY(interp_ext, m) {
   m.def(
       "cam(Tensor features, Tensor fc_weight, Tensor class_idx, bool relu=True, int[]? output_size=None, "
       "bool normalize=True) -> Tensor");
+  // Occlusion (Zeiler & Fergus), windows counted and clipped as Captum does. Builds
+  // (count * N, C, H, W): windows start..start+count-1 (window-major) of every image of
+  // x (N, C, H, W) replaced by the baseline (1 or N, C, H, W). Inference only.
+  m.def("occlusion_batch(Tensor x, Tensor baseline, int[] window, int[] stride, int start, int count) -> Tensor");
+  // Per-window score differences (N, P) -> per-element mean over the covering windows,
+  // (N, C, H, W), 0 where no window covers an element. Inference only.
+  m.def("occlusion_accumulate(Tensor diffs, int[] shape, int[] window, int[] stride) -> Tensor");
   // Simonyan et al. saliency map: max over channels of |grad|, (N, C, H, W) -> (N, H, W).
   m.def("saliency_reduce(Tensor grad) -> Tensor");
 }
@@ -56,7 +63,8 @@ void cuda_not_compiled(const c10::OperatorHandle& op, torch::jit::Stack*) {
 
 TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
   for (const char* name : {"guided_relu", "guided_relu_", "guided_relu_backward", "guided_relu_backward.out",
-                           "saliency_reduce", "gradcam", "cam"}) {
+                           "saliency_reduce", "gradcam", "cam", "occlusion_batch",
+                           "occlusion_accumulate"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cuda_not_compiled>());
   }
 }

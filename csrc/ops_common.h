@@ -48,6 +48,10 @@ inline GuidedBackwardArgs prepare_guided_backward(const at::Tensor& grad_output,
   return {grad_output.contiguous(), x.contiguous(), dst, out, r, up};
 }
 
+// The zero-padded inclusive summed-area table (N, cc+1, cy+1, cx+1), float64, of
+// per-window scores (N, P): what the occlusion accumulation gathers from.
+at::Tensor window_score_table(const at::Tensor& diffs, const WindowGrid& g);
+
 inline at::Tensor saliency_output(const at::Tensor& grad) {
   return at::empty({grad.size(0), grad.size(2), grad.size(3)}, grad.options());
 }

@@ -141,3 +141,37 @@ def _cam_fake(features, fc_weight, class_idx, relu=True, output_size=None, norma
         lambda: f"cam: class_idx must have one class per sample, shape ({features.shape[0]}), got {list(class_idx.shape)}",
     )
     return _cam_output("cam", features, output_size)
+
+
+def _check_windows(op: str, shape, window, stride) -> int:
+    torch._check(len(window) == 3, lambda: f"{op}: window must have 3 values (C, H, W), got {len(window)}")
+    torch._check(len(stride) == 3, lambda: f"{op}: stride must have 3 values (C, H, W), got {len(stride)}")
+    total = 1
+    for d, w, s, name in zip(shape, window, stride, "CHW"):
+        torch._check(0 < w <= d, lambda: f"{op}: window {name} = {w} must be in [1, {d}] (the input size)")
+        torch._check(s > 0, lambda: f"{op}: stride {name} must be positive, got {s}")
+        total *= (d - w + s - 1) // s + 1
+    return total
+
+
+@torch.library.register_fake("interp_ext::occlusion_batch")
+def _occlusion_batch_fake(x, baseline, window, stride, start, count):
+    _check_floating("occlusion_batch", "x", x)
+    torch._check(x.dim() == 4, lambda: f"occlusion_batch: x must be (N, C, H, W), got shape {list(x.shape)}")
+    total = _check_windows("occlusion_batch", x.shape[1:], window, stride)
+    torch._check(
+        0 <= start and 0 <= count and start + count <= total,
+        lambda: f"occlusion_batch: windows {start}..{start + count} are out of range: there are {total}",
+    )
+    return x.new_empty((count * x.shape[0], *x.shape[1:]))
+
+
+@torch.library.register_fake("interp_ext::occlusion_accumulate")
+def _occlusion_accumulate_fake(diffs, shape, window, stride):
+    _check_floating("occlusion_accumulate", "diffs", diffs)
+    total = _check_windows("occlusion_accumulate", shape, window, stride)
+    torch._check(
+        diffs.dim() == 2 and diffs.shape[1] == total,
+        lambda: f"occlusion_accumulate: diffs must be (N, {total}) (one score difference per window), got {list(diffs.shape)}",
+    )
+    return diffs.new_empty((diffs.shape[0], *shape))

@@ -104,6 +104,40 @@ def cam(
     return _ops.cam.default(features, fc_weight, class_idx, relu, _as_size(output_size), normalize)
 
 
+def occlusion_batch(
+    x: torch.Tensor,
+    baseline: torch.Tensor,
+    window: Sequence[int],
+    stride: Sequence[int],
+    start: int,
+    count: int,
+) -> torch.Tensor:
+    """Occluded copies ``(count * N, C, H, W)`` of ``x (N, C, H, W)``: for each window
+    ``start .. start + count - 1`` (window-major, windows row-major over the (C, H, W)
+    grid), every image with that window replaced by ``baseline`` (``(1 or N, C, H, W)``).
+    Windows per dimension: ``ceil((D - w) / s) + 1``, the last clipped at the border, as
+    Captum's ``Occlusion``. Each output element is written once; no mask is built.
+    Inference only."""
+    return _ops.occlusion_batch.default(x, baseline, [int(w) for w in window], [int(s) for s in stride], int(start), int(count))
+
+
+def occlusion_accumulate(
+    diffs: torch.Tensor, shape: Sequence[int], window: Sequence[int], stride: Sequence[int]
+) -> torch.Tensor:
+    """Per-window score differences ``(N, P)`` -> ``(N, C, H, W)``: each element's mean
+    over the windows that cover it (0 where none does), as a gather from a summed-area
+    table of the scores: no atomics, no per-window temporaries. Inference only."""
+    return _ops.occlusion_accumulate.default(diffs, [int(d) for d in shape], [int(w) for w in window], [int(s) for s in stride])
+
+
+def occlusion_window_count(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> int:
+    """How many windows the occlusion ops slide over a (C, H, W) shape."""
+    total = 1
+    for d, w, s in zip(shape, window, stride):
+        total *= (d - w + s - 1) // s + 1
+    return total
+
+
 def _as_size(size: Optional[Sequence[int]]) -> Optional[list[int]]:
     return None if size is None else [int(s) for s in size]
 

@@ -125,3 +125,47 @@ def cam(
     w = fc_weight.to(acc)[class_idx]  # (N, K)
     m = (w[:, :, None, None] * features.to(acc)).sum(1, keepdim=True)
     return _finish_cam(m, relu, output_size, normalize).to(features.dtype)
+
+
+def occlusion_counts(shape, window, stride) -> tuple[int, ...]:
+    """Windows per dimension, as Captum counts them: ceil((D - w) / s) + 1; the last
+    window may hang over the border and is clipped."""
+    return tuple(-(-(d - w) // s) + 1 for d, w, s in zip(shape, window, stride))
+
+
+def occlusion_window_mask(shape, window, stride, index: int) -> torch.Tensor:
+    """Boolean (C, H, W) mask of window `index` (row-major over the window grid)."""
+    counts = occlusion_counts(shape, window, stride)
+    mask = torch.zeros(shape, dtype=torch.bool)
+    starts = []
+    for c in reversed(counts):
+        starts.append(index % c)
+        index //= c
+    sl = tuple(slice(j * s, j * s + w) for j, s, w in zip(reversed(starts), stride, window))
+    mask[sl] = True
+    return mask
+
+
+def occlusion_batch(x: torch.Tensor, baseline: torch.Tensor, window, stride, start: int, count: int) -> torch.Tensor:
+    """(count * N, C, H, W): for each window start..start+count-1 (window-major), every
+    image of x (N, C, H, W) with that window replaced by the baseline (broadcast to x)."""
+    base = baseline.expand_as(x)
+    out = []
+    for p in range(start, start + count):
+        m = occlusion_window_mask(x.shape[1:], window, stride, p).to(x.device)
+        out.append(torch.where(m, base, x))
+    return torch.cat(out) if out else x.new_empty((0, *x.shape[1:]))
+
+
+def occlusion_accumulate(diffs: torch.Tensor, shape, window, stride) -> torch.Tensor:
+    """(N, C, H, W): each element's mean of diffs[:, p] over the windows p covering it
+    (0 where none does, e.g. stride > window)."""
+    n, p_total = diffs.shape
+    total = torch.zeros((n, *shape), dtype=torch.float64)
+    cover = torch.zeros(shape, dtype=torch.float64)
+    for p in range(p_total):
+        m = occlusion_window_mask(shape, window, stride, p).double()
+        total += diffs[:, p].double().view(-1, 1, 1, 1).cpu() * m
+        cover += m
+    out = torch.where(cover > 0, total / cover.clamp(min=1), torch.zeros_like(total))
+    return out.to(diffs.dtype).to(diffs.device)

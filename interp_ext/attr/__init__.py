@@ -1,6 +1,7 @@
 """Attribution methods: one file per family."""
 from .cam import CAM, CAMResult, GradCAM, GradCAMPlusPlus, GuidedGradCAM, HiResCAM, LayerCAM, XGradCAM
 from .gradient import Deconvolution, GuidedBackprop, Saliency
+from .occlusion import Occlusion
 from .smoothgrad import SmoothGrad
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "GuidedGradCAM",
     "HiResCAM",
     "LayerCAM",
+    "Occlusion",
     "Saliency",
     "SmoothGrad",
     "XGradCAM",

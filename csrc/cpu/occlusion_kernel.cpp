@@ -1,0 +1,116 @@
+// CPU kernels of occlusion: building a batch of occluded copies (each output element
+// written once: the input, or the baseline inside the window; no mask is ever built)
+// and accumulating per-window score differences into the per-element mean, as a gather
+// from a summed-area table of the scores (no atomics, no per-window temporaries).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../kernels/occlusion.h"
+#include "../ops_common.h"
+
+namespace interp_ext {
+namespace {
+
+at::Tensor occlusion_batch_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                               c10::IntArrayRef stride, int64_t start, int64_t count) {
+  const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
+  const int64_t N = x.size(0), C = g.size[0], H = g.size[1], W = g.size[2], HW = H * W;
+  at::Tensor out = at::empty({count * N, C, H, W}, x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor x_ = x.contiguous(), b_ = baseline.contiguous();
+  const size_t el = x_.element_size();
+  const char* xp = static_cast<const char*>(x_.const_data_ptr());
+  const char* bp = static_cast<const char*>(b_.const_data_ptr());
+  char* op = static_cast<char*>(out.mutable_data_ptr());
+  const bool per_sample_baseline = b_.size(0) == N && N > 1;
+
+  // one task per output plane (window j, image n, channel c)
+  at::parallel_for(0, count * N * C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t j = plane / (N * C), n = (plane / C) % N, c = plane % C;
+      int64_t o[3];
+      window_origin(g, start + j, o);
+      const char* src = xp + ((n * C + c) * HW) * el;
+      char* dst = op + plane * HW * el;
+      if (!inside(c, o[0], g.window[0])) {
+        std::memcpy(dst, src, HW * el);
+        continue;
+      }
+      const char* base = bp + (((per_sample_baseline ? n : 0) * C + c) * HW) * el;
+      const int64_t y0 = o[1], y1 = std::min(H, o[1] + g.window[1]);
+      const int64_t x0 = o[2], x1 = std::min(W, o[2] + g.window[2]);
+      std::memcpy(dst, src, y0 * W * el);  // rows above the window
+      for (int64_t y = y0; y < y1; ++y) {
+        const int64_t r = y * W;
+        std::memcpy(dst + r * el, src + r * el, x0 * el);
+        std::memcpy(dst + (r + x0) * el, base + (r + x0) * el, (x1 - x0) * el);
+        std::memcpy(dst + (r + x1) * el, src + (r + x1) * el, (W - x1) * el);
+      }
+      std::memcpy(dst + y1 * W * el, src + y1 * W * el, (H - y1) * W * el);  // rows below
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+// float64 so that inclusion-exclusion does not cancel away precision; ATen ops, so the
+// same code serves every device.
+at::Tensor window_score_table(const at::Tensor& diffs, const WindowGrid& g) {
+  const int64_t N = diffs.size(0);
+  at::Tensor sat = at::zeros({N, g.count[0] + 1, g.count[1] + 1, g.count[2] + 1}, diffs.options().dtype(at::kDouble));
+  sat.narrow(1, 1, g.count[0]).narrow(2, 1, g.count[1]).narrow(3, 1, g.count[2])
+      .copy_(diffs.reshape({N, g.count[0], g.count[1], g.count[2]}));
+  return sat.cumsum(1).cumsum(2).cumsum(3).contiguous();
+}
+
+namespace {
+
+at::Tensor occlusion_accumulate_cpu(const at::Tensor& diffs, c10::IntArrayRef shape, c10::IntArrayRef window,
+                                    c10::IntArrayRef stride) {
+  const WindowGrid g = check_occlusion_accumulate_args(diffs, shape, window, stride);
+  const int64_t N = diffs.size(0), C = g.size[0], H = g.size[1], W = g.size[2];
+  at::Tensor out = at::empty({N, C, H, W}, diffs.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor sat = window_score_table(diffs, g);
+  const double* sp = sat.const_data_ptr<double>();
+  const int64_t table = sat.numel() / std::max<int64_t>(N, 1);
+  // covering-window ranges per coordinate, once per axis
+  std::vector<int64_t> lo[3], hi[3];
+  for (int d = 0; d < 3; ++d) {
+    lo[d].resize(g.size[d]);
+    hi[d].resize(g.size[d]);
+    for (int64_t i = 0; i < g.size[d]; ++i) covering_windows(i, g.window[d], g.stride[d], g.count[d], lo[d][i], hi[d][i]);
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, diffs.scalar_type(), "occlusion_accumulate_cpu", [&] {
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t nc = begin; nc < end; ++nc) {
+        const int64_t n = nc / C, c = nc % C;
+        scalar_t* dst = op + nc * H * W;
+        for (int64_t y = 0; y < H; ++y)
+          for (int64_t x = 0; x < W; ++x) {
+            const int64_t l[3] = {lo[0][c], lo[1][y], lo[2][x]}, h[3] = {hi[0][c], hi[1][y], hi[2][x]};
+            const int64_t covering = (h[0] - l[0] + 1) * (h[1] - l[1] + 1) * (h[2] - l[2] + 1);
+            const bool any = h[0] >= l[0] && h[1] >= l[1] && h[2] >= l[2];
+            dst[y * W + x] = any ? static_cast<scalar_t>(box_sum(sp + n * table, g.count, l, h) / covering) : scalar_t(0);
+          }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(interp_ext, CPU, m) {
+  m.impl("occlusion_batch", &occlusion_batch_cpu);
+  m.impl("occlusion_accumulate", &occlusion_accumulate_cpu);
+}
+
+}  // namespace interp_ext

@@ -1,0 +1,104 @@
+// CUDA kernels of occlusion: the occluded batch (one thread per output element, each
+// written once) and the per-element mean of window scores (a gather from the
+// summed-area table built with ATen cumsum; no atomics).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../kernels/occlusion.h"
+#include "../ops_common.h"
+
+namespace interp_ext {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+int64_t blocks_for(int64_t work) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, sms * (2048 / kThreads)));
+}
+
+template <typename scalar_t>
+__global__ void occlusion_batch_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ base,
+                                       scalar_t* __restrict__ out, WindowGrid g, int64_t N, int64_t start,
+                                       int64_t total, bool per_sample_baseline) {
+  const int64_t C = g.size[0], H = g.size[1], W = g.size[2];
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int64_t xw = i % W, y = (i / W) % H, c = (i / (W * H)) % C, n = (i / (W * H * C)) % N;
+    const int64_t j = i / (W * H * C * N);
+    int64_t o[3];
+    window_origin(g, start + j, o);
+    const int64_t e = ((c * H) + y) * W + xw;
+    const bool occluded = inside(c, o[0], g.window[0]) && inside(y, o[1], g.window[1]) && inside(xw, o[2], g.window[2]);
+    out[i] = occluded ? base[(per_sample_baseline ? n : 0) * C * H * W + e] : x[n * C * H * W + e];
+  }
+}
+
+template <typename scalar_t>
+__global__ void occlusion_accumulate_kernel(const double* __restrict__ sat, scalar_t* __restrict__ out, WindowGrid g,
+                                            int64_t total) {
+  const int64_t C = g.size[0], H = g.size[1], W = g.size[2];
+  const int64_t table = (g.count[0] + 1) * (g.count[1] + 1) * (g.count[2] + 1);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int64_t coord[3] = {(i / (W * H)) % C, (i / W) % H, i % W};
+    const int64_t n = i / (W * H * C);
+    int64_t lo[3], hi[3];
+    bool any = true;
+    int64_t covering = 1;
+    for (int d = 0; d < 3; ++d) {
+      covering_windows(coord[d], g.window[d], g.stride[d], g.count[d], lo[d], hi[d]);
+      any = any && hi[d] >= lo[d];
+      covering *= hi[d] - lo[d] + 1;
+    }
+    out[i] = any ? static_cast<scalar_t>(box_sum(sat + n * table, g.count, lo, hi) / covering) : scalar_t(0);
+  }
+}
+
+at::Tensor occlusion_batch_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                                c10::IntArrayRef stride, int64_t start, int64_t count) {
+  const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = x.size(0);
+  at::Tensor out = at::empty({count * N, g.size[0], g.size[1], g.size[2]}, x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor x_ = x.contiguous(), b_ = baseline.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_.scalar_type(), "occlusion_batch_cuda", [&] {
+    occlusion_batch_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        x_.const_data_ptr<scalar_t>(), b_.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, N, start,
+        out.numel(), b_.size(0) == N && N > 1);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor occlusion_accumulate_cuda(const at::Tensor& diffs, c10::IntArrayRef shape, c10::IntArrayRef window,
+                                     c10::IntArrayRef stride) {
+  const WindowGrid g = check_occlusion_accumulate_args(diffs, shape, window, stride);
+  const c10::cuda::CUDAGuard guard(diffs.device());
+  at::Tensor out = at::empty({diffs.size(0), g.size[0], g.size[1], g.size[2]}, diffs.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor sat = window_score_table(diffs, g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, diffs.scalar_type(), "occlusion_accumulate_cuda", [&] {
+    occlusion_accumulate_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        sat.const_data_ptr<double>(), out.mutable_data_ptr<scalar_t>(), g, out.numel());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
+  m.impl("occlusion_batch", &occlusion_batch_cuda);
+  m.impl("occlusion_accumulate", &occlusion_accumulate_cuda);
+}
+
+}  // namespace interp_ext

@@ -1,0 +1,115 @@
+"""occlusion_batch and occlusion_accumulate against interp_ext.reference."""
+import pytest
+import torch
+from torch.library import opcheck
+
+from interp_ext import ops, reference
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# (C, H, W), window, stride: windows that do not divide the image, stride > window,
+# window = image, channel windows smaller than C
+GEOMETRIES = [
+    ((3, 10, 12), (3, 4, 5), (1, 3, 4)),
+    ((3, 9, 9), (1, 2, 2), (1, 3, 4)),
+    ((3, 8, 8), (3, 8, 8), (1, 1, 1)),
+    ((4, 11, 7), (2, 3, 3), (2, 2, 2)),
+    ((2, 5, 6), (1, 1, 1), (1, 1, 1)),
+    ((3, 16, 16), (3, 6, 6), (3, 5, 5)),
+]
+
+
+@pytest.mark.parametrize("shape, window, stride", GEOMETRIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_matches_reference(shape, window, stride, dtype):
+    n = 2
+    x = torch.randn(n, *shape).to(dtype)
+    total = ops.occlusion_window_count(shape, window, stride)
+    assert total == len(range(total))
+    for baseline in (torch.zeros(1, *shape, dtype=dtype), torch.randn(1, shape[0], 1, 1).to(dtype).expand(1, *shape),
+                     torch.randn(n, *shape).to(dtype)):
+        for start, count in ((0, total), (total // 3, min(5, total - total // 3)), (total - 1, 1)):
+            got = ops.occlusion_batch(x, baseline, window, stride, start, count)
+            want = reference.occlusion_batch(x, baseline, window, stride, start, count)
+            assert got.shape == (count * n, *shape)
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("shape, window, stride", GEOMETRIES)
+def test_accumulate_matches_reference(shape, window, stride):
+    total = ops.occlusion_window_count(shape, window, stride)
+    diffs = torch.randn(3, total, dtype=torch.float64)
+    got = ops.occlusion_accumulate(diffs, shape, window, stride)
+    want = reference.occlusion_accumulate(diffs, shape, window, stride)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)):
+        got = ops.occlusion_accumulate(diffs.to(dtype), shape, window, stride)
+        torch.testing.assert_close(got.double(), reference.occlusion_accumulate(diffs.to(dtype).double(), shape, window, stride), rtol=tol, atol=tol)
+
+
+def test_stride_larger_than_window_leaves_zeros():
+    shape, window, stride = (1, 6, 6), (1, 2, 2), (1, 4, 4)
+    got = ops.occlusion_accumulate(torch.ones(1, 4), shape, window, stride)
+    assert got[0, 0, 0, 0] == 1 and got[0, 0, 2, 2] == 0 and got[0, 0, 4, 5] == 1
+
+
+@pytest.mark.needs_cuda
+def test_each_element_written_even_into_poisoned_memory():
+    # the CUDA caching allocator hands the freed, poisoned block to the op's output
+    shape, window, stride = (3, 9, 10), (2, 3, 4), (1, 2, 3)
+    total = ops.occlusion_window_count(shape, window, stride)
+    x = torch.randn(2, *shape, device="cuda")
+    poison = torch.full((total * 2, *shape), float("nan"), device="cuda")
+    ptr = poison.data_ptr()
+    del poison
+    got = ops.occlusion_batch(x, torch.zeros(1, *shape, device="cuda"), window, stride, 0, total)
+    assert got.data_ptr() == ptr and not torch.isnan(got).any()
+    acc_poison = torch.full((2, *shape), float("nan"), device="cuda")
+    del acc_poison
+    assert not torch.isnan(ops.occlusion_accumulate(torch.randn(2, total, device="cuda"), shape, window, stride)).any()
+
+
+def test_non_contiguous_and_empty():
+    x = torch.randn(2, 10, 8, 3).permute(0, 3, 1, 2)  # channels-last storage
+    b = torch.zeros(1, 3, 10, 8)
+    torch.testing.assert_close(ops.occlusion_batch(x, b, (3, 2, 2), (1, 2, 2), 0, 4),
+                               reference.occlusion_batch(x, b, (3, 2, 2), (1, 2, 2), 0, 4))
+    assert ops.occlusion_batch(x, b, (3, 2, 2), (1, 2, 2), 3, 0).shape == (0, 3, 10, 8)
+    assert ops.occlusion_accumulate(torch.empty(0, 20), (3, 10, 8), (3, 2, 2), (1, 2, 2)).shape == (0, 3, 10, 8)
+
+
+def test_opcheck():
+    x = torch.randn(2, 3, 6, 7)
+    opcheck(torch.ops.interp_ext.occlusion_batch.default, (x, torch.zeros(1, 3, 6, 7), [3, 2, 3], [1, 2, 2], 1, 5))
+    opcheck(torch.ops.interp_ext.occlusion_accumulate.default, (torch.randn(2, 9), [3, 6, 7], [3, 2, 3], [1, 2, 2]))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: ops.occlusion_batch(torch.rand(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), (3, 9, 2), (1, 1, 1), 0, 1), r"window H = 9 must be in \[1, 8\]"),
+        (lambda: ops.occlusion_batch(torch.rand(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), (3, 2, 2), (1, 0, 1), 0, 1), "stride H must be positive"),
+        (lambda: ops.occlusion_batch(torch.rand(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), (3, 2, 2), (1, -2, 1), 0, 1), "stride H must be positive"),
+        (lambda: ops.occlusion_batch(torch.rand(2, 3, 8, 8), torch.zeros(3, 3, 8, 8), (3, 2, 2), (1, 1, 1), 0, 1), r"baseline must be \(1 or N, C, H, W\)"),
+        (lambda: ops.occlusion_batch(torch.rand(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), (3, 2, 2), (1, 2, 2), 10, 7), "out of range: there are 16"),
+        (lambda: ops.occlusion_batch(torch.rand(1, 3, 8, 8), torch.zeros(1, 3, 8, 8), (3, 2), (1, 2, 2), 0, 1), "window must have 3 values"),
+        (lambda: ops.occlusion_batch(torch.rand(3, 8, 8), torch.zeros(1, 3, 8, 8), (3, 2, 2), (1, 2, 2), 0, 1), r"x must be \(N, C, H, W\)"),
+        (lambda: ops.occlusion_accumulate(torch.rand(2, 15), (3, 8, 8), (3, 2, 2), (1, 2, 2)), r"diffs must be \(N, 16\)"),
+    ],
+)
+def test_bad_inputs(call, match):
+    with pytest.raises(RuntimeError, match=match):
+        call()
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("shape, window, stride", GEOMETRIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_equals_cpu(shape, window, stride, dtype):
+    x = torch.randn(2, *shape).to(dtype)
+    b = torch.randn(2, *shape).to(dtype)
+    total = ops.occlusion_window_count(shape, window, stride)
+    assert torch.equal(ops.occlusion_batch(x.cuda(), b.cuda(), window, stride, 0, total).cpu(),
+                       ops.occlusion_batch(x, b, window, stride, 0, total))
+    diffs = torch.randn(2, total).to(dtype)
+    torch.testing.assert_close(ops.occlusion_accumulate(diffs.cuda(), shape, window, stride).cpu(),
+                               ops.occlusion_accumulate(diffs, shape, window, stride))
