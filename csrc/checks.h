@@ -191,6 +191,18 @@ inline WindowGrid check_occlusion_batch_args(const at::Tensor& x, const at::Tens
   return g;
 }
 
+inline void check_occlusion_out(const at::Tensor& out, const at::Tensor& x, int64_t count) {
+  const char* op = "occlusion_batch";
+  TORCH_CHECK(out.dim() == 4 && out.size(0) == count * x.size(0) && out.size(1) == x.size(1) &&
+                  out.size(2) == x.size(2) && out.size(3) == x.size(3),
+              op, ": out must be (count * N, C, H, W) = (", std::to_string(count * x.size(0)), ", ",
+              std::to_string(x.size(1)), ", ", std::to_string(x.size(2)), ", ", std::to_string(x.size(3)), "), got ",
+              shape_str(out));
+  TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.device() == x.device(), op,
+              ": out must have x's dtype and device");
+  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
+}
+
 inline WindowGrid check_occlusion_accumulate_args(const at::Tensor& diffs, c10::IntArrayRef shape,
                                                   c10::IntArrayRef window, c10::IntArrayRef stride) {
   const char* op = "occlusion_accumulate";

@@ -42,6 +42,10 @@ TORCH_LIBRARY(interp_ext, m) {
   // (count * N, C, H, W): windows start..start+count-1 (window-major) of every image of
   // x (N, C, H, W) replaced by the baseline (1 or N, C, H, W). Inference only.
   m.def("occlusion_batch(Tensor x, Tensor baseline, int[] window, int[] stride, int start, int count) -> Tensor");
+  // The same into a reused contiguous buffer (on CPU a fresh output costs page faults).
+  m.def(
+      "occlusion_batch.out(Tensor x, Tensor baseline, int[] window, int[] stride, int start, int count, *, "
+      "Tensor(a!) out) -> ()");
   // Per-window score differences (N, P) -> per-element mean over the covering windows,
   // (N, C, H, W), 0 where no window covers an element. Inference only.
   m.def("occlusion_accumulate(Tensor diffs, int[] shape, int[] window, int[] stride) -> Tensor");
@@ -64,7 +68,7 @@ void cuda_not_compiled(const c10::OperatorHandle& op, torch::jit::Stack*) {
 TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
   for (const char* name : {"guided_relu", "guided_relu_", "guided_relu_backward", "guided_relu_backward.out",
                            "saliency_reduce", "gradcam", "cam", "occlusion_batch",
-                           "occlusion_accumulate"}) {
+                           "occlusion_batch.out", "occlusion_accumulate"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cuda_not_compiled>());
   }
 }

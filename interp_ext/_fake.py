@@ -166,6 +166,12 @@ def _occlusion_batch_fake(x, baseline, window, stride, start, count):
     return x.new_empty((count * x.shape[0], *x.shape[1:]))
 
 
+@torch.library.register_fake("interp_ext::occlusion_batch.out")
+def _occlusion_batch_out_fake(x, baseline, window, stride, start, count, *, out):
+    want = _occlusion_batch_fake(x, baseline, window, stride, start, count)
+    torch._check(out.shape == want.shape, lambda: f"occlusion_batch: out must be (count * N, C, H, W) = {tuple(want.shape)}, got {list(out.shape)}")
+
+
 @torch.library.register_fake("interp_ext::occlusion_accumulate")
 def _occlusion_accumulate_fake(diffs, shape, window, stride):
     _check_floating("occlusion_accumulate", "diffs", diffs)

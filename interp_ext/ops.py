@@ -111,14 +111,20 @@ def occlusion_batch(
     stride: Sequence[int],
     start: int,
     count: int,
+    *,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Occluded copies ``(count * N, C, H, W)`` of ``x (N, C, H, W)``: for each window
     ``start .. start + count - 1`` (window-major, windows row-major over the (C, H, W)
     grid), every image with that window replaced by ``baseline`` (``(1 or N, C, H, W)``).
     Windows per dimension: ``ceil((D - w) / s) + 1``, the last clipped at the border, as
     Captum's ``Occlusion``. Each output element is written once; no mask is built.
-    Inference only."""
-    return _ops.occlusion_batch.default(x, baseline, [int(w) for w in window], [int(s) for s in stride], int(start), int(count))
+    ``out=``: a contiguous buffer of that shape to reuse across calls. Inference only."""
+    args = (x, baseline, [int(w) for w in window], [int(s) for s in stride], int(start), int(count))
+    if out is None:
+        return _ops.occlusion_batch.default(*args)
+    _ops.occlusion_batch.out(*args, out=out)
+    return out
 
 
 def occlusion_accumulate(

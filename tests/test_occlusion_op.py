@@ -113,3 +113,20 @@ def test_cuda_equals_cpu(shape, window, stride, dtype):
     diffs = torch.randn(2, total).to(dtype)
     torch.testing.assert_close(ops.occlusion_accumulate(diffs.cuda(), shape, window, stride).cpu(),
                                ops.occlusion_accumulate(diffs, shape, window, stride))
+
+
+def test_batch_into_a_reused_buffer():
+    shape, window, stride = (3, 9, 10), (2, 3, 4), (1, 2, 3)
+    x, b = torch.randn(2, *shape), torch.randn(1, *shape)
+    total = ops.occlusion_window_count(shape, window, stride)
+    buf = torch.full((8 * 2, *shape), float("nan"))  # poisoned: every element must be written
+    for start in range(0, total, 8):
+        count = min(8, total - start)
+        res = ops.occlusion_batch(x, b, window, stride, start, count, out=buf[: count * 2])
+        assert res.data_ptr() == buf.data_ptr()
+        assert torch.equal(res, reference.occlusion_batch(x, b, window, stride, start, count))
+    with pytest.raises(RuntimeError, match=r"out must be \(count \* N, C, H, W\)"):
+        ops.occlusion_batch(x, b, window, stride, 0, 8, out=buf[:3])
+    with pytest.raises(RuntimeError, match="out must be contiguous"):
+        ops.occlusion_batch(x, b, window, stride, 0, 1, out=torch.empty(2, 10, 9, 3).permute(0, 3, 2, 1))
+    opcheck(torch.ops.interp_ext.occlusion_batch.out, (x, b, list(window), list(stride), 0, 2), {"out": torch.empty(4, *shape)})

@@ -16,12 +16,12 @@
 namespace interp_ext {
 namespace {
 
-at::Tensor occlusion_batch_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
-                               c10::IntArrayRef stride, int64_t start, int64_t count) {
+void occlusion_batch_out_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                             c10::IntArrayRef stride, int64_t start, int64_t count, at::Tensor& out) {
   const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
+  check_occlusion_out(out, x, count);
   const int64_t N = x.size(0), C = g.size[0], H = g.size[1], W = g.size[2], HW = H * W;
-  at::Tensor out = at::empty({count * N, C, H, W}, x.options());
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) return;
   const at::Tensor x_ = x.contiguous(), b_ = baseline.contiguous();
   const size_t el = x_.element_size();
   const char* xp = static_cast<const char*>(x_.const_data_ptr());
@@ -54,6 +54,13 @@ at::Tensor occlusion_batch_cpu(const at::Tensor& x, const at::Tensor& baseline, 
       std::memcpy(dst + y1 * W * el, src + y1 * W * el, (H - y1) * W * el);  // rows below
     }
   });
+}
+
+at::Tensor occlusion_batch_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                               c10::IntArrayRef stride, int64_t start, int64_t count) {
+  check_occlusion_batch_args(x, baseline, window, stride, start, count);
+  at::Tensor out = at::empty({count * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
+  occlusion_batch_out_cpu(x, baseline, window, stride, start, count, out);
   return out;
 }
 
@@ -110,6 +117,7 @@ at::Tensor occlusion_accumulate_cpu(const at::Tensor& diffs, c10::IntArrayRef sh
 
 TORCH_LIBRARY_IMPL(interp_ext, CPU, m) {
   m.impl("occlusion_batch", &occlusion_batch_cpu);
+  m.impl("occlusion_batch.out", &occlusion_batch_out_cpu);
   m.impl("occlusion_accumulate", &occlusion_accumulate_cpu);
 }
 

@@ -62,13 +62,13 @@ __global__ void occlusion_accumulate_kernel(const double* __restrict__ sat, scal
   }
 }
 
-at::Tensor occlusion_batch_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
-                                c10::IntArrayRef stride, int64_t start, int64_t count) {
+void occlusion_batch_out_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                              c10::IntArrayRef stride, int64_t start, int64_t count, at::Tensor& out) {
   const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
+  check_occlusion_out(out, x, count);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0);
-  at::Tensor out = at::empty({count * N, g.size[0], g.size[1], g.size[2]}, x.options());
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) return;
   const at::Tensor x_ = x.contiguous(), b_ = baseline.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_.scalar_type(), "occlusion_batch_cuda", [&] {
     occlusion_batch_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -76,6 +76,13 @@ at::Tensor occlusion_batch_cuda(const at::Tensor& x, const at::Tensor& baseline,
         out.numel(), b_.size(0) == N && N > 1);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+at::Tensor occlusion_batch_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                                c10::IntArrayRef stride, int64_t start, int64_t count) {
+  check_occlusion_batch_args(x, baseline, window, stride, start, count);
+  at::Tensor out = at::empty({count * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
+  occlusion_batch_out_cuda(x, baseline, window, stride, start, count, out);
   return out;
 }
 
@@ -98,6 +105,7 @@ at::Tensor occlusion_accumulate_cuda(const at::Tensor& diffs, c10::IntArrayRef s
 
 TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
   m.impl("occlusion_batch", &occlusion_batch_cuda);
+  m.impl("occlusion_batch.out", &occlusion_batch_out_cuda);
   m.impl("occlusion_accumulate", &occlusion_accumulate_cuda);
 }
 

@@ -119,10 +119,12 @@ class Occlusion:
             idx = resolve_target(target_t, clean)
             clean_score = clean.gather(1, idx[:, None])[:, 0]
             diffs = torch.empty(n, total, dtype=clean_score.dtype, device=x.device)
+            # one buffer for every chunk: on CPU a fresh 100s-of-MB batch per chunk costs page faults
+            buffer = torch.empty((min(perturbations_per_eval, total) * n, c, h, w), dtype=x.dtype, device=x.device)
             starts = range(0, total, perturbations_per_eval)
             for start in tqdm(starts, desc="Occlusion", unit="chunk", disable=not show_progress):
                 count = min(perturbations_per_eval, total - start)
-                batch = ops.occlusion_batch(x, base, window, stride, start, count)  # (count * n, c, h, w), window-major
+                batch = ops.occlusion_batch(x, base, window, stride, start, count, out=buffer[: count * n])  # window-major
                 out = self.model(batch, *_expand_args(additional_forward_args, n, count))
                 scores = out.gather(1, idx.repeat(count)[:, None]).view(count, n)
                 diffs[:, start : start + count] = clean_score[:, None] - scores.t()
