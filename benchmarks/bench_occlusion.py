@@ -1,0 +1,118 @@
+"""Occlusion: interp_ext.Occlusion vs Captum's Occlusion at the same perturbations_per_eval,
+with a near-free model (to isolate the overhead) and real CNNs (random weights). Each
+contender runs in its own process so that its peak memory (max RSS) is its own.
+
+    python benchmarks/bench_occlusion.py [--quick] [--models free,resnet18,vgg16] [--images N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+CHILD = r"""
+import json, resource, sys, time, warnings
+warnings.simplefilter("ignore")
+import torch
+torch.set_num_threads(int(sys.argv[5]))
+import interp_ext
+which, model_name, images, ppe = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+class Free(torch.nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3))
+
+class Timed(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seconds = inner, 0.0
+    def forward(self, x):
+        t = time.perf_counter(); out = self.inner(x); self.seconds += time.perf_counter() - t
+        return out
+
+torch.manual_seed(0)
+if model_name == "free":
+    inner = Free()
+else:
+    import torchvision
+    inner = getattr(torchvision.models, model_name)(weights=None).eval()
+model = Timed(inner)
+x = torch.randn(images, 3, 224, 224)
+kw = dict(sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8), baselines=0.0, target=0, perturbations_per_eval=ppe)
+if which == "interp_ext":
+    run = lambda: interp_ext.Occlusion(model).attribute(x, **kw)
+else:
+    from captum.attr import Occlusion
+    run = lambda: Occlusion(model).attribute(x, **kw)
+start = time.perf_counter()
+with torch.no_grad():
+    attr = run()
+total = time.perf_counter() - start
+torch.save(attr, sys.argv[6])
+print(json.dumps({"seconds": total, "model_seconds": model.seconds,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_child(which: str, model: str, images: int, ppe: int, threads: int, out: Path) -> dict:
+    res = subprocess.run([sys.executable, "-c", CHILD, which, model, str(images), str(ppe), str(threads), str(out)],
+                         capture_output=True, text=True, timeout=3600)
+    if res.returncode != 0:
+        raise RuntimeError(f"{which} on {model} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one image, near-free model only")
+    p.add_argument("--models", default="free,resnet18", help="comma list of free, resnet18, vgg16")
+    p.add_argument("--images", type=int, default=8, help="images for the near-free model (default 8)")
+    p.add_argument("--cnn-images", type=int, default=1, help="images for the CNNs (default 1: CPU time)")
+    p.add_argument("--ppe", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    import torch
+
+    models = ["free"] if args.quick else args.models.split(",")
+    rows = []
+    tmp = Path("/tmp")
+    for model in models:
+        images = 1 if args.quick else (args.images if model == "free" else args.cnn_images)
+        r = {}
+        for which in ("interp_ext", "captum"):
+            r[which] = run_child(which, model, images, args.ppe, args.threads, tmp / f"occ_{which}.pt")
+        a, b = torch.load(tmp / "occ_interp_ext.pt"), torch.load(tmp / "occ_captum.pt")
+        max_diff = float((a - b).abs().max())
+        ours, theirs = r["interp_ext"], r["captum"]
+        row = {
+            "model": model, "images": images, "windows_per_image": 729, "perturbations_per_eval": args.ppe,
+            "threads": args.threads, "interp_ext_s": ours["seconds"], "captum_s": theirs["seconds"],
+            "speedup": theirs["seconds"] / ours["seconds"],
+            "interp_ext_outside_model": 1 - ours["model_seconds"] / ours["seconds"],
+            "captum_outside_model": 1 - theirs["model_seconds"] / theirs["seconds"],
+            "interp_ext_peak_mb": ours["peak_rss_mb"], "captum_peak_mb": theirs["peak_rss_mb"],
+            "peak_ratio": ours["peak_rss_mb"] / theirs["peak_rss_mb"], "max_abs_diff": max_diff,
+        }
+        rows.append(row)
+        print(f"[{model} x{images}] interp_ext {row['interp_ext_s']:.2f} s ({row['interp_ext_outside_model']:.1%} outside the model, "
+              f"peak {row['interp_ext_peak_mb']:.0f} MB) | captum {row['captum_s']:.2f} s ({row['captum_outside_model']:.1%}, "
+              f"peak {row['captum_peak_mb']:.0f} MB) | x{row['speedup']:.1f}, max |diff| {max_diff:.2e}", flush=True)
+    payload = {"machine": common.machine("cpu"), "occlusion": rows, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    md = "### Occlusion, window (3,16,16), stride 8, 224x224, " + payload["machine"]["cpu"] + "\n\n" + common.md_table(
+        rows, ["model", "images", "perturbations_per_eval", "threads", "interp_ext_s", "captum_s", "speedup",
+               "interp_ext_outside_model", "captum_outside_model", "interp_ext_peak_mb", "captum_peak_mb", "peak_ratio",
+               "max_abs_diff"])
+    path = common.write("occlusion", payload, md + "\n", args.out)
+    print(f"wrote {path} and its .json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
