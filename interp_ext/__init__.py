@@ -11,39 +11,9 @@ from . import _C  # noqa: F401  (first of ours: registers torch.ops.interp_ext)
 from . import _fake  # noqa: F401
 from . import ops
 from ._build import build_info
-from .attr import (
-    CAM,
-    CAMResult,
-    Deconvolution,
-    GradCAM,
-    GradCAMPlusPlus,
-    GuidedBackprop,
-    GuidedGradCAM,
-    HiResCAM,
-    LayerCAM,
-    Occlusion,
-    Saliency,
-    SmoothGrad,
-    XGradCAM,
-)
+from . import attr
+from .attr import *  # noqa: F401,F403  (the methods, listed in attr.__all__)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CAM",
-    "CAMResult",
-    "Deconvolution",
-    "GradCAM",
-    "GradCAMPlusPlus",
-    "GuidedBackprop",
-    "GuidedGradCAM",
-    "HiResCAM",
-    "LayerCAM",
-    "Occlusion",
-    "XGradCAM",
-    "Saliency",
-    "SmoothGrad",
-    "__version__",
-    "build_info",
-    "ops",
-]
+__all__ = [*attr.__all__, "__version__", "build_info", "ops"]
