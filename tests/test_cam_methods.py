@@ -140,6 +140,32 @@ def test_several_layers_fuse_normalised_maps(resnet):
     single4 = GradCAM(resnet, "layer4").attribute(x, target=[1, 2]).maps
     torch.testing.assert_close(res.layer_maps["layer3"], single3)
     torch.testing.assert_close(res.maps, (single3 + single4) / 2)
+    # at layer resolution: layer4's raw map is resized to layer3's and both normalised
+    raw = GradCAM(resnet, ["layer3", "layer4"]).attribute(x, target=[1, 2], output_size=None, normalize=False)
+    m3, m4 = raw.layer_maps["layer3"], raw.layer_maps["layer4"]
+    m4 = F.interpolate(m4, size=m3.shape[-2:], mode="bilinear", align_corners=False)
+
+    def unit(m):
+        lo, hi = m.amin((2, 3), keepdim=True), m.amax((2, 3), keepdim=True)
+        return torch.nan_to_num((m - lo) / (hi - lo))  # a constant map counts as zeros
+
+    assert raw.maps.shape == m3.shape
+    torch.testing.assert_close(raw.maps, (unit(m3) + unit(m4)) / 2)
+    normed = GradCAM(resnet, ["layer3", "layer4"]).attribute(x, target=[1, 2], output_size=None)
+    n4 = F.interpolate(normed.layer_maps["layer4"], size=m3.shape[-2:], mode="bilinear", align_corners=False)
+    torch.testing.assert_close(normed.maps, (unit(normed.layer_maps["layer3"]) + unit(n4)) / 2)
+
+
+def test_fusing_renormalises_resized_maps():
+    from interp_ext.attr.cam import _fuse
+
+    fine = torch.rand(1, 1, 6, 6)
+    fine = (fine - fine.min()) / (fine.max() - fine.min())
+    coarse = torch.zeros(1, 1, 3, 3)
+    coarse[0, 0, 1, 1] = 1.0  # an interior peak: bilinear upsampling does not reach it
+    up = F.interpolate(coarse, size=(6, 6), mode="bilinear", align_corners=False)
+    assert up.max() < 1
+    torch.testing.assert_close(_fuse([fine, coarse], None), (fine + up / up.max()) / 2)
 
 
 def test_hooks_removed_and_nothing_kept_alive(resnet):

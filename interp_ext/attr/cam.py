@@ -124,8 +124,9 @@ def _size(output_size: OutputSize, inputs: torch.Tensor) -> Optional[tuple[int, 
     return (int(output_size[0]), int(output_size[1]))
 
 
-def _fuse(layer_maps: list[torch.Tensor], size: Optional[tuple[int, int]], normalize: bool) -> torch.Tensor:
-    """Mean of the per-layer maps, each brought to a common size and to [0, 1] first."""
+def _fuse(layer_maps: list[torch.Tensor], size: Optional[tuple[int, int]]) -> torch.Tensor:
+    """Mean of the per-layer maps, each brought to a common size (the largest layer's
+    when `size` is None) and to [0, 1] first (a no-op for already normalised maps)."""
     if len(layer_maps) == 1:
         return layer_maps[0]
     if size is None:
@@ -134,11 +135,9 @@ def _fuse(layer_maps: list[torch.Tensor], size: Optional[tuple[int, int]], norma
     for m in layer_maps:
         if tuple(m.shape[-2:]) != size:
             m = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False).to(m.dtype)
-        if not normalize or tuple(m.shape[-2:]) != size:
-            flat = m.flatten(1)
-            lo, span = flat.amin(1), flat.amax(1) - flat.amin(1)
-            m = torch.where(span.view(-1, 1, 1, 1) > 0, (m - lo.view(-1, 1, 1, 1)) / span.clamp_min(1e-30).view(-1, 1, 1, 1), 0)
-        common.append(m)
+        lo = m.amin((2, 3), keepdim=True)
+        span = m.amax((2, 3), keepdim=True) - lo
+        common.append(torch.where(span > 0, (m - lo) / span.clamp_min(1e-30), torch.zeros_like(m)))
     return torch.stack(common).mean(0)
 
 
@@ -185,7 +184,7 @@ class _GradCAMBase:
             ops.gradcam(a.detach(), g, variant=self.variant, output_size=size, normalize=normalize)
             for a, g in zip(acts, grads)
         ]
-        fused = _fuse(maps, size, normalize)
+        fused = _fuse(maps, size)
         return CAMResult(fused, logits.detach(), {name: m for (name, _), m in zip(self.layers, maps)})
 
 
