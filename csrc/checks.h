@@ -213,4 +213,51 @@ inline WindowGrid check_occlusion_accumulate_args(const at::Tensor& diffs, c10::
   return g;
 }
 
+// ---- feature subsets (Shapley sampling, feature ablation) ----------------------------------
+
+// x (N, C, H, W), baseline (1 or N, C, H, W), feature_mask int64 (1 or N, 1 or C, H, W)
+// with ids in [0, F), present bool (B, F). Checks the ids' range (one host sync).
+inline void check_feature_batch_args(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
+                                     const at::Tensor& present) {
+  const char* op = "feature_batch";
+  check_floating(op, "x", x);
+  TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got shape ", shape_str(x));
+  TORCH_CHECK(baseline.scalar_type() == x.scalar_type() && baseline.device() == x.device(), op,
+              ": baseline must have x's dtype and device");
+  TORCH_CHECK(baseline.dim() == 4 && (baseline.size(0) == 1 || baseline.size(0) == x.size(0)) &&
+                  baseline.size(1) == x.size(1) && baseline.size(2) == x.size(2) && baseline.size(3) == x.size(3),
+              op, ": baseline must be (1 or N, C, H, W) = ", shape_str(x), ", got ", shape_str(baseline));
+  TORCH_CHECK(feature_mask.scalar_type() == at::kLong, op, ": feature_mask must be an int64 tensor, got ",
+              feature_mask.scalar_type());
+  TORCH_CHECK(feature_mask.dim() == 4 && (feature_mask.size(0) == 1 || feature_mask.size(0) == x.size(0)) &&
+                  (feature_mask.size(1) == 1 || feature_mask.size(1) == x.size(1)) &&
+                  feature_mask.size(2) == x.size(2) && feature_mask.size(3) == x.size(3),
+              op, ": feature_mask must be (1 or N, 1 or C, H, W) for x of shape ", shape_str(x), ", got ",
+              shape_str(feature_mask));
+  TORCH_CHECK(present.scalar_type() == at::kBool && present.dim() == 2, op,
+              ": present must be a bool (B, F) tensor (which features each copy keeps), got ", present.scalar_type(),
+              " of shape ", shape_str(present));
+  TORCH_CHECK(feature_mask.device() == x.device() && present.device() == x.device(), op,
+              ": feature_mask and present must be on x's device");
+  if (feature_mask.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(feature_mask);
+    const int64_t l = lo.item<int64_t>(), h = hi.item<int64_t>();
+    TORCH_CHECK(l >= 0 && h < present.size(1), op, ": feature_mask ids must be in [0, F) = [0, ",
+                std::to_string(present.size(1)), ") (F = present.size(1)), got ids from ", std::to_string(l), " to ",
+                std::to_string(h));
+  }
+}
+
+inline void check_feature_batch_out(const at::Tensor& out, const at::Tensor& x, int64_t copies) {
+  const char* op = "feature_batch";
+  TORCH_CHECK(out.dim() == 4 && out.size(0) == copies * x.size(0) && out.size(1) == x.size(1) &&
+                  out.size(2) == x.size(2) && out.size(3) == x.size(3),
+              op, ": out must be (B * N, C, H, W) = (", std::to_string(copies * x.size(0)), ", ",
+              std::to_string(x.size(1)), ", ", std::to_string(x.size(2)), ", ", std::to_string(x.size(3)), "), got ",
+              shape_str(out));
+  TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.device() == x.device(), op,
+              ": out must have x's dtype and device");
+  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
+}
+
 }  // namespace interp_ext

@@ -49,6 +49,12 @@ TORCH_LIBRARY(interp_ext, m) {
   // Per-window score differences (N, P) -> per-element mean over the covering windows,
   // (N, C, H, W), 0 where no window covers an element. Inference only.
   m.def("occlusion_accumulate(Tensor diffs, int[] shape, int[] window, int[] stride) -> Tensor");
+  // Feature subsets (Shapley sampling): (B * N, C, H, W), copy-major; copy b of image n
+  // keeps x where present[b, feature_mask[n, c, h, w]] and takes the baseline elsewhere.
+  // feature_mask: int64 (1 or N, 1 or C, H, W), ids in [0, F); present: bool (B, F).
+  m.def("feature_batch(Tensor x, Tensor baseline, Tensor feature_mask, Tensor present) -> Tensor");
+  m.def(
+      "feature_batch.out(Tensor x, Tensor baseline, Tensor feature_mask, Tensor present, *, Tensor(a!) out) -> ()");
   // Simonyan et al. saliency map: max over channels of |grad|, (N, C, H, W) -> (N, H, W).
   m.def("saliency_reduce(Tensor grad) -> Tensor");
 }
@@ -68,7 +74,8 @@ void cuda_not_compiled(const c10::OperatorHandle& op, torch::jit::Stack*) {
 TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
   for (const char* name : {"guided_relu", "guided_relu_", "guided_relu_backward", "guided_relu_backward.out",
                            "saliency_reduce", "gradcam", "cam", "occlusion_batch",
-                           "occlusion_batch.out", "occlusion_accumulate"}) {
+                           "occlusion_batch.out", "occlusion_accumulate", "feature_batch",
+                           "feature_batch.out"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cuda_not_compiled>());
   }
 }

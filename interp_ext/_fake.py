@@ -181,3 +181,29 @@ def _occlusion_accumulate_fake(diffs, shape, window, stride):
         lambda: f"occlusion_accumulate: diffs must be (N, {total}) (one score difference per window), got {list(diffs.shape)}",
     )
     return diffs.new_empty((diffs.shape[0], *shape))
+
+
+@torch.library.register_fake("interp_ext::feature_batch")
+def _feature_batch_fake(x, baseline, feature_mask, present):
+    _check_floating("feature_batch", "x", x)
+    torch._check(x.dim() == 4, lambda: f"feature_batch: x must be (N, C, H, W), got shape {list(x.shape)}")
+    torch._check(
+        feature_mask.dtype == torch.int64,
+        lambda: f"feature_batch: feature_mask must be an int64 tensor, got {feature_mask.dtype}",
+    )
+    torch._check(
+        feature_mask.dim() == 4 and feature_mask.shape[0] in (1, x.shape[0]) and feature_mask.shape[1] in (1, x.shape[1])
+        and feature_mask.shape[2:] == x.shape[2:],
+        lambda: f"feature_batch: feature_mask must be (1 or N, 1 or C, H, W) for x of shape {list(x.shape)}, got {list(feature_mask.shape)}",
+    )
+    torch._check(
+        present.dtype == torch.bool and present.dim() == 2,
+        lambda: f"feature_batch: present must be a bool (B, F) tensor (which features each copy keeps), got {present.dtype} of shape {list(present.shape)}",
+    )
+    return x.new_empty((present.shape[0] * x.shape[0], *x.shape[1:]))
+
+
+@torch.library.register_fake("interp_ext::feature_batch.out")
+def _feature_batch_out_fake(x, baseline, feature_mask, present, *, out):
+    want = _feature_batch_fake(x, baseline, feature_mask, present)
+    torch._check(out.shape == want.shape, lambda: f"feature_batch: out must be (B * N, C, H, W) = {tuple(want.shape)}, got {list(out.shape)}")

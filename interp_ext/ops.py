@@ -144,6 +144,28 @@ def occlusion_window_count(shape: Sequence[int], window: Sequence[int], stride: 
     return total
 
 
+def feature_batch(
+    x: torch.Tensor,
+    baseline: torch.Tensor,
+    feature_mask: torch.Tensor,
+    present: torch.Tensor,
+    *,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Copies ``(B * N, C, H, W)`` of ``x (N, C, H, W)`` with chosen features kept: copy
+    ``b`` of image ``n`` (row ``b * N + n``) holds ``x`` where ``present[b, id]`` for the
+    element's feature id ``feature_mask[n, c, h, w]`` and ``baseline`` elsewhere.
+
+    ``baseline``: ``(1 or N, C, H, W)``; ``feature_mask``: int64 ``(1 or N, 1 or C, H, W)``
+    with ids in ``[0, F)``; ``present``: bool ``(B, F)``. The batch machinery of Shapley
+    sampling and feature ablation; each output element is written once. ``out=``: a
+    contiguous buffer of that shape to reuse across calls. Inference only."""
+    if out is None:
+        return _ops.feature_batch.default(x, baseline, feature_mask, present)
+    _ops.feature_batch.out(x, baseline, feature_mask, present, out=out)
+    return out
+
+
 def _as_size(size: Optional[Sequence[int]]) -> Optional[list[int]]:
     return None if size is None else [int(s) for s in size]
 

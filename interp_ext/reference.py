@@ -169,3 +169,12 @@ def occlusion_accumulate(diffs: torch.Tensor, shape, window, stride) -> torch.Te
         cover += m
     out = torch.where(cover > 0, total / cover.clamp(min=1), torch.zeros_like(total))
     return out.to(diffs.dtype).to(diffs.device)
+
+
+def feature_batch(x: torch.Tensor, baseline: torch.Tensor, feature_mask: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """(B * N, C, H, W), copy-major: copy b of image n keeps x where present[b, id] for the
+    element's feature id, the baseline elsewhere."""
+    n = x.shape[0]
+    ids = feature_mask.expand(n, *x.shape[1:])
+    base = baseline.expand_as(x)
+    return torch.cat([torch.where(row[ids], x, base) for row in present]) if len(present) else x.new_empty((0, *x.shape[1:]))

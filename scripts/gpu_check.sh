@@ -31,7 +31,7 @@ fi
 $PY -c "import interp_ext, json; print(json.dumps(interp_ext.build_info()))" | tee "$OUT/build_info.json"
 
 step "CUDA tests + op tests (one file at a time; full logs in \$OUT)"
-for f in tests/test_cuda.py tests/test_gradcam_op.py tests/test_occlusion_op.py tests/test_guided_relu.py tests/test_gradient_methods.py tests/test_cam_methods.py; do
+for f in tests/test_cuda.py tests/test_gradcam_op.py tests/test_occlusion_op.py tests/test_shapley.py tests/test_guided_relu.py tests/test_gradient_methods.py tests/test_cam_methods.py; do
   log="$OUT/pytest_$(basename "$f" .py).log"
   $PY -X faulthandler -m pytest -v -p no:cacheprovider -p no:logging "$f" > "$log" 2>&1 || status=1
   tail -1 "$log"
@@ -58,6 +58,8 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
     p = ops.occlusion_window_count((3, 11, 13), (2, 4, 5), (1, 3, 4))
     ops.occlusion_batch(img, torch.zeros(1, 3, 11, 13, device="cuda", dtype=dtype), (2, 4, 5), (1, 3, 4), 0, p)
     ops.occlusion_accumulate(torch.randn(2, p, device="cuda", dtype=dtype), (3, 11, 13), (2, 4, 5), (1, 3, 4))
+    mask = torch.randint(0, 5, (2, 1, 11, 13), device="cuda")
+    ops.feature_batch(img, torch.zeros(2, 3, 11, 13, device="cuda", dtype=dtype), mask, torch.rand(3, 5, device="cuda") > 0.5)
 torch.cuda.synchronize(); print("sanitizer case done")
 PYEOF
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 $PY /tmp/sanitize_case.py \

@@ -2,11 +2,14 @@
 // written once: the input, or the baseline inside the window; no mask is ever built)
 // and accumulating per-window score differences into the per-element mean, as a gather
 // from a summed-area table of the scores (no atomics, no per-window temporaries).
+// Also the feature-subset batch of Shapley sampling: each element is the input or the
+// baseline by a lookup of its feature id in the copy's present row.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -113,12 +116,63 @@ at::Tensor occlusion_accumulate_cpu(const at::Tensor& diffs, c10::IntArrayRef sh
   return out;
 }
 
+// Selecting an element is a copy of its bits, so one instantiation per element size
+// serves every dtype.
+template <typename bits_t>
+void feature_batch_planes(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& mask,
+                          const at::Tensor& present, at::Tensor& out) {
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), F = present.size(1);
+  const int64_t B = present.size(0), Cm = mask.size(1);
+  const bool per_sample_baseline = baseline.size(0) == N && N > 1, per_sample_mask = mask.size(0) == N && N > 1;
+  const bits_t* xp = static_cast<const bits_t*>(x.const_data_ptr());
+  const bits_t* bp = static_cast<const bits_t*>(baseline.const_data_ptr());
+  const int64_t* mp = mask.const_data_ptr<int64_t>();
+  const bool* pp = present.const_data_ptr<bool>();
+  bits_t* op = static_cast<bits_t*>(out.mutable_data_ptr());
+  at::parallel_for(0, B * N * C, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t b = plane / (N * C), n = (plane / C) % N, c = plane % C;
+      const bool* keep = pp + b * F;
+      const int64_t* ids = mp + ((per_sample_mask ? n : 0) * Cm + (Cm == 1 ? 0 : c)) * HW;
+      const bits_t* src = xp + (n * C + c) * HW;
+      const bits_t* base = bp + ((per_sample_baseline ? n : 0) * C + c) * HW;
+      bits_t* dst = op + plane * HW;
+      for (int64_t i = 0; i < HW; ++i) dst[i] = keep[ids[i]] ? src[i] : base[i];
+    }
+  });
+}
+
+void feature_batch_out_cpu(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
+                           const at::Tensor& present, at::Tensor& out) {
+  check_feature_batch_args(x, baseline, feature_mask, present);
+  check_feature_batch_out(out, x, present.size(0));
+  if (out.numel() == 0) return;
+  const at::Tensor x_ = x.contiguous(), b_ = baseline.contiguous(), m_ = feature_mask.contiguous(),
+                   p_ = present.contiguous();
+  switch (x_.element_size()) {
+    case 2: feature_batch_planes<uint16_t>(x_, b_, m_, p_, out); break;
+    case 4: feature_batch_planes<uint32_t>(x_, b_, m_, p_, out); break;
+    case 8: feature_batch_planes<uint64_t>(x_, b_, m_, p_, out); break;
+    default: TORCH_CHECK(false, "feature_batch: unsupported element size");
+  }
+}
+
+at::Tensor feature_batch_cpu(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
+                             const at::Tensor& present) {
+  check_feature_batch_args(x, baseline, feature_mask, present);
+  at::Tensor out = at::empty({present.size(0) * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
+  feature_batch_out_cpu(x, baseline, feature_mask, present, out);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(interp_ext, CPU, m) {
   m.impl("occlusion_batch", &occlusion_batch_cpu);
   m.impl("occlusion_batch.out", &occlusion_batch_out_cpu);
   m.impl("occlusion_accumulate", &occlusion_accumulate_cpu);
+  m.impl("feature_batch", &feature_batch_cpu);
+  m.impl("feature_batch.out", &feature_batch_out_cpu);
 }
 
 }  // namespace interp_ext

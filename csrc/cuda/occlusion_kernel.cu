@@ -1,6 +1,7 @@
 // CUDA kernels of occlusion: the occluded batch (one thread per output element, each
 // written once) and the per-element mean of window scores (a gather from the
-// summed-area table built with ATen cumsum; no atomics).
+// summed-area table built with ATen cumsum; no atomics); the feature-subset batch of
+// Shapley sampling (one thread per output element, a lookup of its feature id).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -62,6 +63,56 @@ __global__ void occlusion_accumulate_kernel(const double* __restrict__ sat, scal
   }
 }
 
+// Selecting an element copies its bits: one instantiation per element size.
+template <typename bits_t>
+__global__ void feature_batch_kernel(const bits_t* __restrict__ x, const bits_t* __restrict__ base,
+                                     const int64_t* __restrict__ mask, const bool* __restrict__ present,
+                                     bits_t* __restrict__ out, int64_t N, int64_t C, int64_t HW, int64_t Cm,
+                                     int64_t F, bool per_sample_baseline, bool per_sample_mask, int64_t total) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int64_t e = i % HW, c = (i / HW) % C, n = (i / (HW * C)) % N, b = i / (HW * C * N);
+    const int64_t id = mask[((per_sample_mask ? n : 0) * Cm + (Cm == 1 ? 0 : c)) * HW + e];
+    out[i] = present[b * F + id] ? x[(n * C + c) * HW + e] : base[((per_sample_baseline ? n : 0) * C + c) * HW + e];
+  }
+}
+
+template <typename bits_t>
+void launch_feature_batch(const at::Tensor& x, const at::Tensor& b, const at::Tensor& m, const at::Tensor& p,
+                          at::Tensor& out) {
+  const int64_t N = x.size(0);
+  feature_batch_kernel<bits_t><<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      static_cast<const bits_t*>(x.const_data_ptr()), static_cast<const bits_t*>(b.const_data_ptr()),
+      m.const_data_ptr<int64_t>(), p.const_data_ptr<bool>(), static_cast<bits_t*>(out.mutable_data_ptr()), N,
+      x.size(1), x.size(2) * x.size(3), m.size(1), p.size(1), b.size(0) == N && N > 1, m.size(0) == N && N > 1,
+      out.numel());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void feature_batch_out_cuda(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
+                            const at::Tensor& present, at::Tensor& out) {
+  check_feature_batch_args(x, baseline, feature_mask, present);
+  check_feature_batch_out(out, x, present.size(0));
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (out.numel() == 0) return;
+  const at::Tensor x_ = x.contiguous(), b_ = baseline.contiguous(), m_ = feature_mask.contiguous(),
+                   p_ = present.contiguous();
+  switch (x_.element_size()) {
+    case 2: launch_feature_batch<uint16_t>(x_, b_, m_, p_, out); break;
+    case 4: launch_feature_batch<uint32_t>(x_, b_, m_, p_, out); break;
+    case 8: launch_feature_batch<uint64_t>(x_, b_, m_, p_, out); break;
+    default: TORCH_CHECK(false, "feature_batch: unsupported element size");
+  }
+}
+
+at::Tensor feature_batch_cuda(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
+                              const at::Tensor& present) {
+  check_feature_batch_args(x, baseline, feature_mask, present);
+  at::Tensor out = at::empty({present.size(0) * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
+  feature_batch_out_cuda(x, baseline, feature_mask, present, out);
+  return out;
+}
+
 void occlusion_batch_out_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
                               c10::IntArrayRef stride, int64_t start, int64_t count, at::Tensor& out) {
   const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
@@ -107,6 +158,8 @@ TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
   m.impl("occlusion_batch", &occlusion_batch_cuda);
   m.impl("occlusion_batch.out", &occlusion_batch_out_cuda);
   m.impl("occlusion_accumulate", &occlusion_accumulate_cuda);
+  m.impl("feature_batch", &feature_batch_cuda);
+  m.impl("feature_batch.out", &feature_batch_out_cuda);
 }
 
 }  // namespace interp_ext

@@ -2,6 +2,7 @@
 from .cam import CAM, CAMResult, GradCAM, GradCAMPlusPlus, GuidedGradCAM, HiResCAM, LayerCAM, XGradCAM
 from .gradient import Deconvolution, GuidedBackprop, Saliency
 from .occlusion import Occlusion
+from .shapley import ShapleySampling, grid_feature_mask
 from .smoothgrad import SmoothGrad
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "LayerCAM",
     "Occlusion",
     "Saliency",
+    "ShapleySampling",
     "SmoothGrad",
     "XGradCAM",
+    "grid_feature_mask",
 ]
