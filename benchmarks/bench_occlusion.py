@@ -3,11 +3,16 @@ with a near-free model (to isolate the overhead) and real CNNs (random weights).
 contender runs in its own process so that its peak memory (max RSS) is its own.
 
     python benchmarks/bench_occlusion.py [--quick] [--models free,resnet18,vgg16] [--images N]
+    python benchmarks/bench_occlusion.py --refine-study [--quick]
+
+The refine study: the bundled EfficientNet-Lite0 on the two sample photos, exact map vs
+coarse-to-fine ``refine=`` fractions: time and SSIM against the exact map.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -68,6 +73,53 @@ def run_child(which: str, model: str, images: int, ppe: int, threads: int, out: 
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def refine_study(args) -> int:
+    import torch
+    from skimage.metrics import structural_similarity
+
+    import interp_ext
+    from interp_ext import models
+
+    torch.set_num_threads(args.threads)
+    bundled = models.load()
+    photos = ["china.jpg", "flower.jpg"]
+    from sklearn.datasets import load_sample_image
+
+    x = torch.stack([bundled.preprocess(load_sample_image(p)) for p in photos])
+    if args.quick:
+        x = torch.nn.functional.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False)
+    kw = dict(sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8), perturbations_per_eval=args.ppe)
+    occ = interp_ext.Occlusion(bundled.model)
+
+    def timed(**extra):
+        start = time.perf_counter()
+        attr = occ.attribute(x, **kw, **extra)
+        return attr, time.perf_counter() - start
+
+    exact, exact_s = timed()
+    exact2d = exact.sum(1).double().numpy()
+    windows = interp_ext.ops.occlusion_window_count(x.shape[1:], (3, 16, 16), (3, 8, 8))
+    coarse = interp_ext.ops.occlusion_window_count(x.shape[1:], (3, 16, 16), (3, 16, 16))
+    rows = [{"refine": "exact", "model_copies_per_image": windows, "seconds": exact_s, "speedup": 1.0,
+             "ssim_mean": 1.0, "ssim_min": 1.0}]
+    for fraction in (0.05, 0.1, 0.25, 0.5):
+        attr, secs = timed(refine=fraction)
+        a2d = attr.sum(1).double().numpy()
+        ssim = [structural_similarity(e, a, data_range=float(e.max() - e.min())) for e, a in zip(exact2d, a2d)]
+        rows.append({"refine": fraction, "model_copies_per_image": coarse + math.ceil(fraction * windows),
+                     "seconds": secs, "speedup": exact_s / secs, "ssim_mean": sum(ssim) / len(ssim), "ssim_min": min(ssim)})
+        print(f"refine {fraction}: {secs:.1f} s (x{exact_s / secs:.2f}), SSIM {rows[-1]['ssim_mean']:.3f} "
+              f"(min {rows[-1]['ssim_min']:.3f})", flush=True)
+    payload = {"machine": common.machine("cpu"), "model": "efficientnet_lite0 (bundled, pretrained)",
+               "images": photos, "size": list(x.shape[2:]), "refine": rows, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    md = (f"### Occlusion coarse-to-fine, EfficientNet-Lite0 on {', '.join(photos)}, window (3,16,16), stride 8, "
+          f"{x.shape[2]}x{x.shape[3]}, {args.threads} thread(s), " + payload["machine"]["cpu"] + "\n\n"
+          + common.md_table(rows, ["refine", "model_copies_per_image", "seconds", "speedup", "ssim_mean", "ssim_min"]))
+    path = common.write("occlusion_refine", payload, md + "\n", args.out)
+    print(f"wrote {path} and its .json")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one image, near-free model only")
@@ -77,7 +129,10 @@ def main(argv=None) -> int:
     p.add_argument("--ppe", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--refine-study", action="store_true", help="time and SSIM of refine= on the bundled model")
     args = p.parse_args(argv)
+    if args.refine_study:
+        return refine_study(args)
     import torch
 
     models = ["free"] if args.quick else args.models.split(",")

@@ -176,8 +176,8 @@ inline WindowGrid make_window_grid(const char* op, c10::IntArrayRef shape, c10::
 inline int64_t total_windows(const WindowGrid& g) { return g.count[0] * g.count[1] * g.count[2]; }
 
 inline WindowGrid check_occlusion_batch_args(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
-                                             c10::IntArrayRef stride, int64_t start, int64_t count) {
-  const char* op = "occlusion_batch";
+                                             c10::IntArrayRef stride, int64_t start, int64_t count,
+                                             const char* op = "occlusion_batch") {
   check_floating(op, "x", x);
   TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got shape ", shape_str(x));
   TORCH_CHECK(baseline.scalar_type() == x.scalar_type() && baseline.device() == x.device(), op,
@@ -188,6 +188,25 @@ inline WindowGrid check_occlusion_batch_args(const at::Tensor& x, const at::Tens
   const WindowGrid g = make_window_grid(op, x.sizes().slice(1), window, stride);
   TORCH_CHECK(start >= 0 && count >= 0 && start + count <= total_windows(g), op, ": windows ", std::to_string(start),
               "..", std::to_string(start + count), " are out of range: there are ", std::to_string(total_windows(g)));
+  return g;
+}
+
+// Per-image window lists: windows (count, N) int64, copy j of image n occludes windows[j, n].
+inline WindowGrid check_occlusion_batch_at_args(const at::Tensor& x, const at::Tensor& baseline,
+                                                c10::IntArrayRef window, c10::IntArrayRef stride,
+                                                const at::Tensor& windows) {
+  const char* op = "occlusion_batch_at";
+  const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, 0, 0, op);
+  TORCH_CHECK(windows.scalar_type() == at::kLong && windows.dim() == 2 && windows.size(1) == x.size(0), op,
+              ": windows must be an int64 (count, N) tensor with N = ", std::to_string(x.size(0)),
+              " (one window per copy and image), got ", windows.scalar_type(), " of shape ", shape_str(windows));
+  TORCH_CHECK(windows.device() == x.device(), op, ": windows must be on x's device");
+  if (windows.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(windows);
+    const int64_t l = lo.item<int64_t>(), h = hi.item<int64_t>();
+    TORCH_CHECK(l >= 0 && h < total_windows(g), op, ": window ids must be in [0, ", std::to_string(total_windows(g)),
+                "), got ids from ", std::to_string(l), " to ", std::to_string(h));
+  }
   return g;
 }
 

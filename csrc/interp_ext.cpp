@@ -46,6 +46,13 @@ TORCH_LIBRARY(interp_ext, m) {
   m.def(
       "occlusion_batch.out(Tensor x, Tensor baseline, int[] window, int[] stride, int start, int count, *, "
       "Tensor(a!) out) -> ()");
+  // The same with a window per copy and image: windows (count, N) int64; copy j of image
+  // n occludes window windows[j, n] (coarse-to-fine occlusion refines different windows
+  // per image).
+  m.def("occlusion_batch_at(Tensor x, Tensor baseline, int[] window, int[] stride, Tensor windows) -> Tensor");
+  m.def(
+      "occlusion_batch_at.out(Tensor x, Tensor baseline, int[] window, int[] stride, Tensor windows, *, "
+      "Tensor(a!) out) -> ()");
   // Per-window score differences (N, P) -> per-element mean over the covering windows,
   // (N, C, H, W), 0 where no window covers an element. Inference only.
   m.def("occlusion_accumulate(Tensor diffs, int[] shape, int[] window, int[] stride) -> Tensor");
@@ -74,7 +81,8 @@ void cuda_not_compiled(const c10::OperatorHandle& op, torch::jit::Stack*) {
 TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
   for (const char* name : {"guided_relu", "guided_relu_", "guided_relu_backward", "guided_relu_backward.out",
                            "saliency_reduce", "gradcam", "cam", "occlusion_batch",
-                           "occlusion_batch.out", "occlusion_accumulate", "feature_batch",
+                           "occlusion_batch.out", "occlusion_batch_at", "occlusion_batch_at.out",
+                           "occlusion_accumulate", "feature_batch",
                            "feature_batch.out"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cuda_not_compiled>());
   }

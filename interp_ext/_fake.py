@@ -172,6 +172,25 @@ def _occlusion_batch_out_fake(x, baseline, window, stride, start, count, *, out)
     torch._check(out.shape == want.shape, lambda: f"occlusion_batch: out must be (count * N, C, H, W) = {tuple(want.shape)}, got {list(out.shape)}")
 
 
+@torch.library.register_fake("interp_ext::occlusion_batch_at")
+def _occlusion_batch_at_fake(x, baseline, window, stride, windows):
+    _check_floating("occlusion_batch_at", "x", x)
+    torch._check(x.dim() == 4, lambda: f"occlusion_batch_at: x must be (N, C, H, W), got shape {list(x.shape)}")
+    _check_windows("occlusion_batch_at", x.shape[1:], window, stride)
+    torch._check(
+        windows.dtype == torch.int64 and windows.dim() == 2 and windows.shape[1] == x.shape[0],
+        lambda: f"occlusion_batch_at: windows must be an int64 (count, N) tensor with N = {x.shape[0]} "
+        f"(one window per copy and image), got {windows.dtype} of shape {list(windows.shape)}",
+    )
+    return x.new_empty((windows.shape[0] * x.shape[0], *x.shape[1:]))
+
+
+@torch.library.register_fake("interp_ext::occlusion_batch_at.out")
+def _occlusion_batch_at_out_fake(x, baseline, window, stride, windows, *, out):
+    want = _occlusion_batch_at_fake(x, baseline, window, stride, windows)
+    torch._check(out.shape == want.shape, lambda: f"occlusion_batch: out must be (count * N, C, H, W) = {tuple(want.shape)}, got {list(out.shape)}")
+
+
 @torch.library.register_fake("interp_ext::occlusion_accumulate")
 def _occlusion_accumulate_fake(diffs, shape, window, stride):
     _check_floating("occlusion_accumulate", "diffs", diffs)

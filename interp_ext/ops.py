@@ -127,6 +127,26 @@ def occlusion_batch(
     return out
 
 
+def occlusion_batch_at(
+    x: torch.Tensor,
+    baseline: torch.Tensor,
+    window: Sequence[int],
+    stride: Sequence[int],
+    windows: torch.Tensor,
+    *,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """`occlusion_batch` with a window per copy and image: ``windows`` is int64
+    ``(count, N)`` and copy ``j`` of image ``n`` (row ``j * N + n``) occludes window
+    ``windows[j, n]``, so each image can get its own windows (coarse-to-fine occlusion).
+    ``out=``: a contiguous buffer to reuse. Inference only."""
+    args = (x, baseline, [int(w) for w in window], [int(s) for s in stride], windows)
+    if out is None:
+        return _ops.occlusion_batch_at.default(*args)
+    _ops.occlusion_batch_at.out(*args, out=out)
+    return out
+
+
 def occlusion_accumulate(
     diffs: torch.Tensor, shape: Sequence[int], window: Sequence[int], stride: Sequence[int]
 ) -> torch.Tensor:

@@ -157,6 +157,17 @@ def occlusion_batch(x: torch.Tensor, baseline: torch.Tensor, window, stride, sta
     return torch.cat(out) if out else x.new_empty((0, *x.shape[1:]))
 
 
+def occlusion_batch_at(x: torch.Tensor, baseline: torch.Tensor, window, stride, windows: torch.Tensor) -> torch.Tensor:
+    """(count * N, C, H, W): copy j of image n has window windows[j, n] replaced."""
+    base = baseline.expand_as(x)
+    out = []
+    for row in windows.tolist():
+        for n, p in enumerate(row):
+            m = occlusion_window_mask(x.shape[1:], window, stride, p).to(x.device)
+            out.append(torch.where(m, base[n], x[n]))
+    return torch.stack(out) if out else x.new_empty((0, *x.shape[1:]))
+
+
 def occlusion_accumulate(diffs: torch.Tensor, shape, window, stride) -> torch.Tensor:
     """(N, C, H, W): each element's mean of diffs[:, p] over the windows p covering it
     (0 where none does, e.g. stride > window)."""

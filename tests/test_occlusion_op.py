@@ -130,3 +130,59 @@ def test_batch_into_a_reused_buffer():
     with pytest.raises(RuntimeError, match="out must be contiguous"):
         ops.occlusion_batch(x, b, window, stride, 0, 1, out=torch.empty(2, 10, 9, 3).permute(0, 3, 2, 1))
     opcheck(torch.ops.interp_ext.occlusion_batch.out, (x, b, list(window), list(stride), 0, 2), {"out": torch.empty(4, *shape)})
+
+
+# ---- per-image window lists (coarse-to-fine occlusion) ----------------------------------
+
+
+@pytest.mark.parametrize("shape, window, stride", GEOMETRIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_batch_at_matches_reference(shape, window, stride, dtype):
+    n = 3
+    x = torch.randn(n, *shape).to(dtype)
+    total = ops.occlusion_window_count(shape, window, stride)
+    windows = torch.randint(0, total, (4, n))
+    for baseline in (torch.zeros(1, *shape, dtype=dtype), torch.randn(n, *shape).to(dtype)):
+        got = ops.occlusion_batch_at(x, baseline, window, stride, windows)
+        assert torch.equal(got, reference.occlusion_batch_at(x, baseline, window, stride, windows))
+
+
+def test_batch_at_with_a_shared_list_equals_the_range_form():
+    shape, window, stride = (3, 9, 10), (2, 3, 4), (1, 2, 3)
+    x, b = torch.randn(2, *shape), torch.randn(1, *shape)
+    total = ops.occlusion_window_count(shape, window, stride)
+    windows = torch.arange(total).view(-1, 1).expand(total, 2)
+    buf = torch.full((total * 2, *shape), float("nan"))
+    got = ops.occlusion_batch_at(x, b, window, stride, windows, out=buf)
+    assert got.data_ptr() == buf.data_ptr()
+    assert torch.equal(got, ops.occlusion_batch(x, b, window, stride, 0, total))
+    assert ops.occlusion_batch_at(x, b, window, stride, windows[:0]).shape == (0, *shape)
+    opcheck(torch.ops.interp_ext.occlusion_batch_at.default, (x, b, list(window), list(stride), windows[:3].contiguous()))
+    opcheck(torch.ops.interp_ext.occlusion_batch_at.out, (x, b, list(window), list(stride), windows[:2].contiguous()),
+            {"out": torch.empty(4, *shape)})
+
+
+@pytest.mark.parametrize(
+    "windows, match",
+    [
+        (torch.tensor([[0, 16]]), r"window ids must be in \[0, 16\), got ids from 0 to 16"),
+        (torch.tensor([[-1, 3]]), r"window ids must be in \[0, 16\)"),
+        (torch.tensor([[0, 1, 2]]), r"windows must be an int64 \(count, N\) tensor with N = 2"),
+        (torch.tensor([[0.0, 1.0]]), r"windows must be an int64"),
+    ],
+)
+def test_batch_at_bad_windows(windows, match):
+    with pytest.raises(RuntimeError, match=match):
+        ops.occlusion_batch_at(torch.rand(2, 3, 8, 8), torch.zeros(1, 3, 8, 8), (3, 2, 2), (1, 2, 2), windows)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_at_cuda_equals_cpu(dtype):
+    shape, window, stride = (3, 11, 13), (2, 4, 5), (1, 3, 4)
+    x, b = torch.randn(2, *shape).to(dtype), torch.randn(2, *shape).to(dtype)
+    windows = torch.randint(0, ops.occlusion_window_count(shape, window, stride), (5, 2))
+    want = ops.occlusion_batch_at(x, b, window, stride, windows)
+    out = torch.full_like(want, float("nan"), device="cuda")
+    ops.occlusion_batch_at(x.cuda(), b.cuda(), window, stride, windows.cuda(), out=out)
+    assert torch.equal(out.cpu(), want)

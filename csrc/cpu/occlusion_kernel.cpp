@@ -19,25 +19,24 @@
 namespace interp_ext {
 namespace {
 
-void occlusion_batch_out_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
-                             c10::IntArrayRef stride, int64_t start, int64_t count, at::Tensor& out) {
-  const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
-  check_occlusion_out(out, x, count);
+// Copy j of image n occludes window window_of(j, n): a contiguous range of windows
+// shared by every image, or per-image window lists.
+template <typename WindowOf>
+void occlusion_planes(const at::Tensor& x, const at::Tensor& baseline, const WindowGrid& g, int64_t count,
+                      WindowOf window_of, at::Tensor& out) {
   const int64_t N = x.size(0), C = g.size[0], H = g.size[1], W = g.size[2], HW = H * W;
-  if (out.numel() == 0) return;
-  const at::Tensor x_ = x.contiguous(), b_ = baseline.contiguous();
-  const size_t el = x_.element_size();
-  const char* xp = static_cast<const char*>(x_.const_data_ptr());
-  const char* bp = static_cast<const char*>(b_.const_data_ptr());
+  const size_t el = x.element_size();
+  const char* xp = static_cast<const char*>(x.const_data_ptr());
+  const char* bp = static_cast<const char*>(baseline.const_data_ptr());
   char* op = static_cast<char*>(out.mutable_data_ptr());
-  const bool per_sample_baseline = b_.size(0) == N && N > 1;
+  const bool per_sample_baseline = baseline.size(0) == N && N > 1;
 
-  // one task per output plane (window j, image n, channel c)
+  // one task per output plane (copy j, image n, channel c)
   at::parallel_for(0, count * N * C, 16, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t j = plane / (N * C), n = (plane / C) % N, c = plane % C;
       int64_t o[3];
-      window_origin(g, start + j, o);
+      window_origin(g, window_of(j, n), o);
       const char* src = xp + ((n * C + c) * HW) * el;
       char* dst = op + plane * HW * el;
       if (!inside(c, o[0], g.window[0])) {
@@ -59,11 +58,40 @@ void occlusion_batch_out_cpu(const at::Tensor& x, const at::Tensor& baseline, c1
   });
 }
 
+void occlusion_batch_out_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                             c10::IntArrayRef stride, int64_t start, int64_t count, at::Tensor& out) {
+  const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
+  check_occlusion_out(out, x, count);
+  if (out.numel() == 0) return;
+  occlusion_planes(x.contiguous(), baseline.contiguous(), g, count, [start](int64_t j, int64_t) { return start + j; },
+                   out);
+}
+
 at::Tensor occlusion_batch_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
                                c10::IntArrayRef stride, int64_t start, int64_t count) {
   check_occlusion_batch_args(x, baseline, window, stride, start, count);
   at::Tensor out = at::empty({count * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
   occlusion_batch_out_cpu(x, baseline, window, stride, start, count, out);
+  return out;
+}
+
+void occlusion_batch_at_out_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                                c10::IntArrayRef stride, const at::Tensor& windows, at::Tensor& out) {
+  const WindowGrid g = check_occlusion_batch_at_args(x, baseline, window, stride, windows);
+  check_occlusion_out(out, x, windows.size(0));
+  if (out.numel() == 0) return;
+  const at::Tensor ids = windows.contiguous();
+  const int64_t* ip = ids.const_data_ptr<int64_t>();
+  const int64_t N = x.size(0);
+  occlusion_planes(x.contiguous(), baseline.contiguous(), g, windows.size(0),
+                   [ip, N](int64_t j, int64_t n) { return ip[j * N + n]; }, out);
+}
+
+at::Tensor occlusion_batch_at_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                                  c10::IntArrayRef stride, const at::Tensor& windows) {
+  check_occlusion_batch_at_args(x, baseline, window, stride, windows);
+  at::Tensor out = at::empty({windows.size(0) * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
+  occlusion_batch_at_out_cpu(x, baseline, window, stride, windows, out);
   return out;
 }
 
@@ -170,6 +198,8 @@ at::Tensor feature_batch_cpu(const at::Tensor& x, const at::Tensor& baseline, co
 TORCH_LIBRARY_IMPL(interp_ext, CPU, m) {
   m.impl("occlusion_batch", &occlusion_batch_cpu);
   m.impl("occlusion_batch.out", &occlusion_batch_out_cpu);
+  m.impl("occlusion_batch_at", &occlusion_batch_at_cpu);
+  m.impl("occlusion_batch_at.out", &occlusion_batch_at_out_cpu);
   m.impl("occlusion_accumulate", &occlusion_accumulate_cpu);
   m.impl("feature_batch", &feature_batch_cpu);
   m.impl("feature_batch.out", &feature_batch_out_cpu);

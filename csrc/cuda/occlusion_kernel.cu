@@ -28,14 +28,14 @@ int64_t blocks_for(int64_t work) {
 template <typename scalar_t>
 __global__ void occlusion_batch_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ base,
                                        scalar_t* __restrict__ out, WindowGrid g, int64_t N, int64_t start,
-                                       int64_t total, bool per_sample_baseline) {
+                                       const int64_t* __restrict__ ids, int64_t total, bool per_sample_baseline) {
   const int64_t C = g.size[0], H = g.size[1], W = g.size[2];
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
     const int64_t xw = i % W, y = (i / W) % H, c = (i / (W * H)) % C, n = (i / (W * H * C)) % N;
     const int64_t j = i / (W * H * C * N);
     int64_t o[3];
-    window_origin(g, start + j, o);
+    window_origin(g, ids ? ids[j * N + n] : start + j, o);  // per-image lists, or a shared range
     const int64_t e = ((c * H) + y) * W + xw;
     const bool occluded = inside(c, o[0], g.window[0]) && inside(y, o[1], g.window[1]) && inside(xw, o[2], g.window[2]);
     out[i] = occluded ? base[(per_sample_baseline ? n : 0) * C * H * W + e] : x[n * C * H * W + e];
@@ -113,10 +113,9 @@ at::Tensor feature_batch_cuda(const at::Tensor& x, const at::Tensor& baseline, c
   return out;
 }
 
-void occlusion_batch_out_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
-                              c10::IntArrayRef stride, int64_t start, int64_t count, at::Tensor& out) {
-  const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
-  check_occlusion_out(out, x, count);
+// Copy j of image n occludes window ids[j * N + n], or start + j when ids is null.
+void launch_occlusion_batch(const at::Tensor& x, const at::Tensor& baseline, const WindowGrid& g, int64_t start,
+                            const int64_t* ids, at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0);
   if (out.numel() == 0) return;
@@ -124,9 +123,32 @@ void occlusion_batch_out_cuda(const at::Tensor& x, const at::Tensor& baseline, c
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_.scalar_type(), "occlusion_batch_cuda", [&] {
     occlusion_batch_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         x_.const_data_ptr<scalar_t>(), b_.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, N, start,
-        out.numel(), b_.size(0) == N && N > 1);
+        ids, out.numel(), b_.size(0) == N && N > 1);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+void occlusion_batch_out_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                              c10::IntArrayRef stride, int64_t start, int64_t count, at::Tensor& out) {
+  const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
+  check_occlusion_out(out, x, count);
+  launch_occlusion_batch(x, baseline, g, start, nullptr, out);
+}
+
+void occlusion_batch_at_out_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                                 c10::IntArrayRef stride, const at::Tensor& windows, at::Tensor& out) {
+  const WindowGrid g = check_occlusion_batch_at_args(x, baseline, window, stride, windows);
+  check_occlusion_out(out, x, windows.size(0));
+  const at::Tensor ids = windows.contiguous();
+  launch_occlusion_batch(x, baseline, g, 0, ids.const_data_ptr<int64_t>(), out);
+}
+
+at::Tensor occlusion_batch_at_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                                   c10::IntArrayRef stride, const at::Tensor& windows) {
+  check_occlusion_batch_at_args(x, baseline, window, stride, windows);
+  at::Tensor out = at::empty({windows.size(0) * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
+  occlusion_batch_at_out_cuda(x, baseline, window, stride, windows, out);
+  return out;
 }
 
 at::Tensor occlusion_batch_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
@@ -157,6 +179,8 @@ at::Tensor occlusion_accumulate_cuda(const at::Tensor& diffs, c10::IntArrayRef s
 TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
   m.impl("occlusion_batch", &occlusion_batch_cuda);
   m.impl("occlusion_batch.out", &occlusion_batch_out_cuda);
+  m.impl("occlusion_batch_at", &occlusion_batch_at_cuda);
+  m.impl("occlusion_batch_at.out", &occlusion_batch_at_out_cuda);
   m.impl("occlusion_accumulate", &occlusion_accumulate_cuda);
   m.impl("feature_batch", &feature_batch_cuda);
   m.impl("feature_batch.out", &feature_batch_out_cuda);

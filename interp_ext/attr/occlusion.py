@@ -2,6 +2,8 @@
 accumulation ops: memory bounded by ``perturbations_per_eval``, no masks."""
 from __future__ import annotations
 
+import math
+
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -67,11 +69,34 @@ def _expand_args(args: Any, batch: int, copies: int) -> tuple:
     )
 
 
+def _window_means(maps: torch.Tensor, window, stride) -> torch.Tensor:
+    """(N, C, H, W) -> (N, P): the mean of each map over every (border-clipped) window,
+    by inclusion-exclusion on a summed-volume table."""
+    n = maps.shape[0]
+    table = torch.nn.functional.pad(maps.double(), (1, 0, 1, 0, 1, 0)).cumsum(1).cumsum(2).cumsum(3)
+    lo, hi = [], []
+    for d, w, s in zip(maps.shape[1:], window, stride):
+        start = torch.arange((d - w + s - 1) // s + 1, device=maps.device) * s
+        lo.append(start)
+        hi.append((start + w).clamp(max=d))
+    shapes = ((-1, 1, 1), (1, -1, 1), (1, 1, -1))
+    lo = [t.view(sh) for t, sh in zip(lo, shapes)]
+    hi = [t.view(sh) for t, sh in zip(hi, shapes)]
+    total = torch.zeros((n, lo[0].numel(), lo[1].numel(), lo[2].numel()), dtype=torch.float64, device=maps.device)
+    for corner in range(8):
+        idx = [hi[d] if corner >> d & 1 else lo[d] for d in range(3)]
+        sign = 1 if bin(corner).count("1") % 2 == 1 else -1  # (-1) ** (number of lower bounds)
+        total += sign * table[:, idx[0], idx[1], idx[2]]
+    volume = (hi[0] - lo[0]) * (hi[1] - lo[1]) * (hi[2] - lo[2])
+    return (total / volume).reshape(n, -1).to(maps.dtype)
+
+
 class Occlusion:
     """Slide a window over each image, replace it by a baseline, and attribute to every
     element the mean drop of the target score over the windows that cover it.
 
     Same arguments and numbers as Captum's ``Occlusion`` for image batches (N, C, H, W).
+    ``refine=`` trades exactness for speed: see `attribute`.
     """
 
     def __init__(self, model: nn.Module):
@@ -87,6 +112,7 @@ class Occlusion:
         additional_forward_args: Any = None,
         perturbations_per_eval: int = 64,
         show_progress: bool = False,
+        refine: Optional[float] = None,
     ) -> torch.Tensor:
         """Input-shaped attributions.
 
@@ -95,37 +121,74 @@ class Occlusion:
         None (each sample's top-1 class on the clean input), an int or one per sample.
         ``perturbations_per_eval``: occluded copies of each image per model call; memory
         is bounded by it, not by the number of windows.
+
+        ``refine``: coarse-to-fine. A first pass occludes non-overlapping windows (stride =
+        window); each fine window's score is estimated by the coarse map's mean over it,
+        and only the ``refine`` fraction of windows with the largest estimated |effect| is
+        evaluated exactly, per image. Model calls drop from P to P_coarse + refine * P; the
+        map is exact where the effect is large and interpolated elsewhere (BENCHMARKS.md
+        gives measured time and SSIM against the exact map).
         """
         check_inputs(inputs, min_dim=4)
         if inputs.dim() != 4:
             raise ValueError(f"inputs must be images (N, C, H, W), got shape {tuple(inputs.shape)}")
         n, c, h, w = inputs.shape
+        shape = (c, h, w)
         window = _triple(sliding_window_shapes, "sliding_window_shapes", c, c)
         stride = _triple(1 if strides is None else strides, "strides", c, 1)
-        for name, v, lim in zip("CHW", window, (c, h, w)):
+        for name, v, lim in zip("CHW", window, shape):
             if not 0 < v <= lim:
                 raise ValueError(f"sliding_window_shapes: the {name} extent {v} must be in [1, {lim}] (the input size)")
         if any(s <= 0 for s in stride):
             raise ValueError(f"strides must be positive, got {stride}")
         if not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
             raise ValueError(f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}")
+        if refine is not None and (isinstance(refine, bool) or not isinstance(refine, (int, float)) or not 0 < refine <= 1):
+            raise ValueError(f"refine must be a fraction in (0, 1] or None, got {refine!r}")
         base = _baseline(baselines, inputs)
         target_t = normalize_target(target, n, inputs.device)
         x = inputs.detach().contiguous()
-        total = ops.occlusion_window_count((c, h, w), window, stride)
+        total = ops.occlusion_window_count(shape, window, stride)
+        coarse_stride = tuple(max(s, wd) for s, wd in zip(stride, window))
 
         with torch.no_grad():
             clean = self.model(x, *_expand_args(additional_forward_args, n, 1))
             idx = resolve_target(target_t, clean)
             clean_score = clean.gather(1, idx[:, None])[:, 0]
-            diffs = torch.empty(n, total, dtype=clean_score.dtype, device=x.device)
             # one buffer for every chunk: on CPU a fresh 100s-of-MB batch per chunk costs page faults
             buffer = torch.empty((min(perturbations_per_eval, total) * n, c, h, w), dtype=x.dtype, device=x.device)
-            starts = range(0, total, perturbations_per_eval)
-            for start in tqdm(starts, desc="Occlusion", unit="chunk", disable=not show_progress):
-                count = min(perturbations_per_eval, total - start)
-                batch = ops.occlusion_batch(x, base, window, stride, start, count, out=buffer[: count * n])  # window-major
-                out = self.model(batch, *_expand_args(additional_forward_args, n, count))
-                scores = out.gather(1, idx.repeat(count)[:, None]).view(count, n)
-                diffs[:, start : start + count] = clean_score[:, None] - scores.t()
-        return ops.occlusion_accumulate(diffs, (c, h, w), window, stride).to(inputs.dtype)
+
+            def score_drops(count_total: int, build, desc: str) -> torch.Tensor:
+                """(N, count_total) clean score minus the score of each occluded copy."""
+                diffs = torch.empty(n, count_total, dtype=clean_score.dtype, device=x.device)
+                starts = range(0, count_total, perturbations_per_eval)
+                for start in tqdm(starts, desc=desc, unit="chunk", disable=not show_progress):
+                    count = min(perturbations_per_eval, count_total - start)
+                    batch = build(start, count, buffer[: count * n])  # copy-major
+                    out = self.model(batch, *_expand_args(additional_forward_args, n, count))
+                    scores = out.gather(1, idx.repeat(count)[:, None]).view(count, n)
+                    diffs[:, start : start + count] = clean_score[:, None] - scores.t()
+                return diffs
+
+            if refine is None or coarse_stride == stride:
+                diffs = score_drops(
+                    total, lambda s, k, o: ops.occlusion_batch(x, base, window, stride, s, k, out=o), "Occlusion"
+                )
+            else:
+                coarse_total = ops.occlusion_window_count(shape, window, coarse_stride)
+                coarse = score_drops(
+                    coarse_total,
+                    lambda s, k, o: ops.occlusion_batch(x, base, window, coarse_stride, s, k, out=o),
+                    "Occlusion (coarse)",
+                )
+                coarse_map = ops.occlusion_accumulate(coarse, shape, window, coarse_stride)
+                diffs = _window_means(coarse_map, window, stride)
+                chosen = diffs.abs().topk(max(1, math.ceil(refine * total)), dim=1).indices  # (N, k)
+                windows = chosen.t().contiguous()
+                exact = score_drops(
+                    windows.shape[0],
+                    lambda s, k, o: ops.occlusion_batch_at(x, base, window, stride, windows[s : s + k], out=o),
+                    "Occlusion (refine)",
+                )
+                diffs.scatter_(1, chosen, exact)
+        return ops.occlusion_accumulate(diffs, shape, window, stride).to(inputs.dtype)
