@@ -11,7 +11,7 @@ export CUDA_HOME
 NATIVE_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
 CMAKE_BUILD := build-cmake
 
-.PHONY: all venv build cmake test test-fast demo bench clean
+.PHONY: all venv build cmake chromium test test-fast demo bench clean
 all: build
 
 $(VENV)/.deps: requirements-dev.txt
@@ -20,7 +20,7 @@ $(VENV)/.deps: requirements-dev.txt
 	touch $@
 venv: $(VENV)/.deps
 
-$(VENV)/.built: $(VENV)/.deps $(NATIVE_SOURCES)
+$(VENV)/.built: $(VENV)/.deps pyproject.toml $(NATIVE_SOURCES)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 build: $(VENV)/.built
@@ -34,7 +34,17 @@ $(CMAKE_BUILD)/.built: $(VENV)/.deps CMakeLists.txt $(NATIVE_SOURCES)
 	touch $@
 cmake: $(CMAKE_BUILD)/.built
 
-test: build cmake
+# Headless Chromium renders the explain gallery in a test (Debian package; the test
+# skips where it cannot be installed, e.g. without root).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then APT="apt-get"; elif sudo -n true 2>/dev/null; then APT="sudo apt-get"; else APT=""; fi; \
+	  if [ -n "$$APT" ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive $$APT install -y -q --no-install-recommends chromium >/dev/null \
+	      || echo "chromium: install failed; the gallery test will skip"; \
+	  else echo "chromium: not installed (needs root and apt); the gallery test will skip"; fi; }
+
+test: build cmake chromium
 	INTERP_EXT_CMAKE_LIB=$(abspath $(CMAKE_BUILD))/libinterp_ext_ops.so $(PY) -m pytest -q tests
 
 demo: build

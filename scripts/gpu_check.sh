@@ -58,6 +58,8 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
     p = ops.occlusion_window_count((3, 11, 13), (2, 4, 5), (1, 3, 4))
     ops.occlusion_batch(img, torch.zeros(1, 3, 11, 13, device="cuda", dtype=dtype), (2, 4, 5), (1, 3, 4), 0, p)
     ops.occlusion_accumulate(torch.randn(2, p, device="cuda", dtype=dtype), (3, 11, 13), (2, 4, 5), (1, 3, 4))
+    ops.occlusion_batch_at(img, torch.zeros(2, 3, 11, 13, device="cuda", dtype=dtype), (2, 4, 5), (1, 3, 4),
+                           torch.randint(0, p, (4, 2), device="cuda"))
     mask = torch.randint(0, 5, (2, 1, 11, 13), device="cuda")
     ops.feature_batch(img, torch.zeros(2, 3, 11, 13, device="cuda", dtype=dtype), mask, torch.rand(3, 5, device="cuda") > 0.5)
 torch.cuda.synchronize(); print("sanitizer case done")

@@ -1,0 +1,135 @@
+"""The ``interp-ext`` command.
+
+    interp-ext explain INPUTS... [--methods gradcam,saliency,...] [--model NAME] --out DIR
+    interp-ext info
+
+``explain`` also runs under ``torchrun --nproc_per_node=K -m interp_ext.cli explain ...``:
+the images are sharded across ranks (nccl on GPUs, gloo on CPU), each rank on its own
+device, and rank 0 merges ``summary.json`` and the gallery.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import explain as job
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interp-ext", description="Fast CNN interpretability on batches of images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser(
+        "explain",
+        help="attribution maps for many images: overlays, raw .npy maps, summary.json, index.html",
+        description=job.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ex.add_argument("inputs", nargs="+", help="image files, folders (recursive) or .txt files listing paths")
+    ex.add_argument("--methods", default=",".join(job.DEFAULT_METHODS),
+                    help="comma list of: " + ", ".join(f"{k} ({m.help})" for k, m in job.METHODS.items()))
+    ex.add_argument("--model", default=job.models.BUNDLED,
+                    help="efficientnet_lite0 (bundled), a torchvision architecture with --weights, or module:function")
+    ex.add_argument("--weights", help="state-dict file for a torchvision architecture")
+    ex.add_argument("--out", required=True, type=Path, help="output folder")
+    ex.add_argument("--batch-size", type=int, default=8)
+    ex.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ex.add_argument("--target", default="top1", help="top1, a class index, or a CSV of image,label rows")
+    ex.add_argument("--layer", help="Grad-CAM layer (dotted module name); default: the model's last spatial layer")
+    ex.add_argument("--quiet", action="store_true", help="no progress bar or report")
+    ex.set_defaults(func=_explain)
+
+    info = sub.add_parser("info", help="how interp_ext was built and what device it sees")
+    info.set_defaults(func=_info)
+    return parser
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        methods = job.parse_methods(args.methods)
+    except ValueError as e:
+        parser.error(str(e))
+    rank, world, local_rank = _distributed()
+    device = args.device
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+
+        use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        if use_cuda:
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    config = job.ExplainConfig(inputs=args.inputs, out=args.out, methods=methods, model=args.model, weights=args.weights,
+                               batch_size=args.batch_size, device=device, target=args.target, layer=args.layer,
+                               quiet=args.quiet or rank > 0)
+    try:
+        try:
+            prep = job.prepare(config)
+        except (ValueError, TypeError, FileNotFoundError, ImportError, AttributeError) as e:
+            print(f"interp-ext explain: error: {e}", file=sys.stderr)
+            return 2
+        if rank == 0:
+            for s in prep.skipped:
+                print(f"interp-ext: skipped {s['source']}: {s['reason']}", file=sys.stderr)
+        part = job.run(prep, prep.images[rank::world])
+        parts = [part]
+        if world > 1:
+            import torch.distributed as dist
+
+            parts = [None] * world
+            dist.all_gather_object(parts, part)
+        if rank == 0:
+            summary = job.summarize(prep, parts, job.read_previous(args.out))
+            job.write_summary(args.out, summary)
+            gallery = job.write_gallery(args.out, summary)
+            if not args.quiet:
+                t = summary["timing"]
+                rate = f", {t['images_per_second']} img/s" if t["images_per_second"] else ""
+                print(f"explained {t['processed_this_run']} images ({len(summary['images'])} in {args.out}{rate}); "
+                      f"{len(summary['skipped'])} skipped; gallery: {gallery.resolve()}")
+        else:
+            summary = {"images": {key: {} for p in parts for key in p["images"]}}
+        if not summary["images"]:
+            print("interp-ext explain: no image could be processed", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    import interp_ext
+
+    info = dict(interp_ext.build_info())
+    info["torch_runtime"] = torch.__version__
+    info["cuda_available"] = torch.cuda.is_available()
+    info["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ["cpu"]
+    info["threads"] = torch.get_num_threads()
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    return args.func(args, parser)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

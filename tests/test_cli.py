@@ -1,0 +1,245 @@
+"""`interp-ext explain` end to end on a folder of good and bad files; resume; errors
+before any work; labels; a user model; 2-rank gloo run equal to one process; `info`."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from interp_ext import cli, explain
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def photo():
+    from sklearn.datasets import load_sample_image
+
+    return Image.fromarray(load_sample_image("flower.jpg"))
+
+
+@pytest.fixture()
+def folder(tmp_path, photo):
+    d = tmp_path / "inputs"
+    (d / "sub").mkdir(parents=True)
+    photo.save(d / "flower.jpg")
+    photo.convert("L").save(d / "sub" / "gray.png")
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(d / "sub" / "rgba.png")
+    sixteen = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(sixteen).save(d / "deep16.png")
+    good = (d / "flower.jpg").read_bytes()
+    (d / "corrupt.jpg").write_bytes(good[: len(good) // 3])  # truncated JPEG
+    (d / "fake.jpg").write_text("not an image")
+    (d / "notes.txt").write_text("a text file inside the folder")
+    return d
+
+
+GOOD = ["inputs/deep16.png", "inputs/flower.jpg", "inputs/sub/gray.png", "inputs/sub/rgba.png"]
+
+
+def _explain(*args):
+    return cli.main(["explain", *map(str, args), "--quiet"])
+
+
+def test_folder_of_good_and_bad_files(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _explain(folder, "--methods", "gradcam,saliency,guided-backprop", "--out", out, "--batch-size", "3") == 0
+    err = capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["images"]) == GOOD
+    assert summary["methods"] == ["gradcam", "saliency", "guided-backprop"] and summary["layer"] == "_blocks.15"
+    skipped = {Path(s["source"]).name: s["reason"] for s in summary["skipped"]}
+    assert set(skipped) == {"corrupt.jpg", "fake.jpg", "notes.txt"}
+    assert "unreadable" in skipped["corrupt.jpg"] and "unreadable" in skipped["fake.jpg"]
+    assert "not an image file" in skipped["notes.txt"]
+    for name in skipped:
+        assert name in err  # and a line on stderr
+    for key, entry in summary["images"].items():
+        folder_out = out / "images" / key
+        assert (folder_out / "input.png").is_file()
+        assert np.load(folder_out / "gradcam.npy").shape == (224, 224)
+        assert np.load(folder_out / "saliency.npy").dtype == np.float32
+        assert np.load(folder_out / "guided-backprop.npy").shape == (3, 224, 224)
+        assert Image.open(folder_out / "gradcam.png").size == (224, 224)
+        assert entry["target_name"] == entry["top5"][0]["class"]  # --target top1
+    assert summary["images"]["inputs/flower.jpg"]["top5"][0]["class"] == "daisy"
+    t = summary["timing"]
+    assert t["processed_this_run"] == 4 and t["images_per_second"] > 0 and set(t["method_seconds"]) == set(summary["methods"])
+    assert not list(out.rglob("*.tmp"))  # every file renamed into place
+    html = (out / "index.html").read_text()
+    for key in GOOD:
+        assert f"images/{key}/gradcam.png" in html
+
+
+def test_second_run_skips_finished_images(folder, tmp_path):
+    out = tmp_path / "out"
+    assert _explain(folder, "--methods", "saliency", "--out", out) == 0
+    stamp = (out / "images/inputs/flower.jpg/saliency.npy").stat().st_mtime_ns
+    first = json.loads((out / "summary.json").read_text())
+    (out / "images/inputs/sub/gray.png/saliency.npy").unlink()  # an interrupted image is redone
+    assert _explain(folder, "--methods", "saliency", "--out", out) == 0
+    second = json.loads((out / "summary.json").read_text())
+    assert second["timing"]["processed_this_run"] == 1
+    assert (out / "images/inputs/flower.jpg/saliency.npy").stat().st_mtime_ns == stamp
+    assert second["images"]["inputs/flower.jpg"] == first["images"]["inputs/flower.jpg"]  # top-5 kept
+    assert (out / "images/inputs/sub/gray.png/saliency.npy").is_file()
+
+
+def test_image_conversions(folder):
+    sixteen = explain.read_image(folder / "deep16.png", 256)
+    gray = explain.read_image(folder / "sub" / "gray.png", 256)
+    assert sixteen.mode == gray.mode == "RGB"
+    # 16-bit values v * 257 scale back to v, not to white
+    assert np.abs(np.asarray(sixteen, dtype=int) - np.asarray(gray, dtype=int)).max() <= 1
+    assert explain.read_image(folder / "sub" / "rgba.png", 256).mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "gradcam,telepathy"], "unknown telepathy"),
+        (["--methods", "gradcam", "--layer", "_blocks.150"], "close matches"),
+        (["--target", "1000"], r"class 1000 is not in \[0, 1000\)"),
+        (["--target", "no_such_labels.csv"], "--target must be top1"),
+        (["--model", "resnet18"], "needs a local state-dict file"),
+        (["--batch-size", "0"], "--batch-size must be positive"),
+    ],
+)
+def test_bad_options_fail_before_any_work(folder, tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    try:
+        code = _explain(folder, "--out", out, *args)
+    except SystemExit as e:  # argparse
+        code = e.code
+    assert code == 2
+    assert message.replace("\\", "") in capsys.readouterr().err or pytest.fail("message not found")
+    assert not out.exists()
+
+
+def test_unknown_option_is_an_argparse_error(folder, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["explain", str(folder), "--out", str(tmp_path / "o"), "--colour", "red"])
+    assert e.value.code == 2 and not (tmp_path / "o").exists()
+
+
+def test_nothing_processable_exits_non_zero(tmp_path, folder, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(folder / "fake.jpg", bad)
+    assert _explain(bad, "--methods", "saliency", "--out", tmp_path / "o1") == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _explain(empty, "--methods", "saliency", "--out", tmp_path / "o2") == 1
+    assert _explain(tmp_path / "missing", "--methods", "saliency", "--out", tmp_path / "o3") == 1
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_targets_from_an_index_and_a_labels_file(folder, tmp_path):
+    out = tmp_path / "out"
+    assert _explain(folder / "flower.jpg", "--methods", "saliency", "--target", "985", "--out", out) == 0
+    assert json.loads((out / "summary.json").read_text())["images"]["flower.jpg"]["target"] == 985
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label\nflower.jpg,goldfish\ngray.png,7\n")
+    out2 = tmp_path / "out2"
+    assert _explain(folder / "flower.jpg", folder / "sub" / "gray.png", folder / "deep16.png", "--methods", "saliency",
+                    "--target", labels, "--out", out2) == 0
+    summary = json.loads((out2 / "summary.json").read_text())
+    assert summary["images"]["flower.jpg"]["target"] == 1 and summary["images"]["gray.png"]["target"] == 7
+    assert [Path(s["source"]).name for s in summary["skipped"]] == ["deep16.png"]  # no label
+    # the map for a class differs from the map for another class
+    assert not np.array_equal(np.load(out / "images/flower.jpg/saliency.npy"), np.load(out2 / "images/flower.jpg/saliency.npy"))
+
+
+def test_list_file_and_duplicate_names(folder, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# images\n{folder / 'flower.jpg'}\n\ninputs/sub/gray.png\nmissing.png\n")
+    shutil.copytree(folder, tmp_path / "copy")
+    out = tmp_path / "out"
+    assert _explain(listing, tmp_path / "copy" / "flower.jpg", "--methods", "saliency", "--out", out) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["images"]) == ["flower.jpg", "flower.jpg~2", "gray.png"]
+    assert [Path(s["source"]).name for s in summary["skipped"]] == ["missing.png"]
+
+
+TINY_MODEL = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU(inplace=True),
+                             nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 1000))
+    """
+)
+
+
+@pytest.fixture()
+def tiny_model(tmp_path, monkeypatch):
+    (tmp_path / "tiny_model.py").write_text(TINY_MODEL)
+    monkeypatch.chdir(tmp_path)
+    return "tiny_model:build"
+
+
+def test_user_model_from_module_function(folder, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    assert _explain(folder, "--model", tiny_model, "--methods", "gradcam,occlusion", "--out", out) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["layer"] == "3"  # the last layer with a spatial output
+    assert np.load(out / "images/inputs/flower.jpg/occlusion.npy").shape == (3, 224, 224)
+
+
+def test_two_gloo_ranks_equal_one_process(folder, tmp_path, tiny_model):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    common = ["--model", tiny_model, "--methods", "gradcam,saliency", "--batch-size", "2", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "interp_ext.cli", "explain", str(folder), "--out", str(single), *common],
+                   check=True, env=env, cwd=tmp_path, timeout=600)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "interp_ext.cli", "explain", str(folder), "--out", str(multi), *common],
+                         env=env, cwd=tmp_path, timeout=600, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (single, multi))
+    assert a["images"].keys() == b["images"].keys() and b["timing"]["ranks"] == 2
+    for key in a["images"]:
+        assert a["images"][key]["target"] == b["images"][key]["target"]
+        for m in ("gradcam", "saliency"):
+            np.testing.assert_allclose(np.load(single / "images" / key / f"{m}.npy"),
+                                       np.load(multi / "images" / key / f"{m}.npy"), rtol=1e-4, atol=1e-5)
+    assert sorted(s["source"] for s in a["skipped"]) == sorted(s["source"] for s in b["skipped"])
+
+
+def test_info(capsys):
+    assert cli.main(["info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert "gradcam" in info["ops"] and info["torch_runtime"].startswith(torch.__version__.split("+")[0])
+
+
+def test_gallery_renders_in_headless_chromium(folder, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("Chromium is not installed")
+    out = tmp_path / "out"
+    assert _explain(folder, "--methods", "gradcam,saliency", "--out", out) == 0
+    # a script in a copy of the page reports how many images decoded
+    page = (out / "index.html").read_text().replace(
+        "</body>",
+        "<script>window.onload=()=>{const i=[...document.images];"
+        "document.title='loaded '+i.filter(x=>x.complete&&x.naturalWidth>0).length+' of '+i.length;};</script></body>",
+    )
+    probe = out / "probe.html"
+    probe.write_text(page)
+    res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    images = 3 * 4  # input + 2 methods for 4 images
+    assert f"<title>loaded {images} of {images}</title>" in res.stdout
