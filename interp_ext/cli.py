@@ -1,6 +1,7 @@
 """The ``interp-ext`` command.
 
     interp-ext explain INPUTS... [--methods gradcam,saliency,...] [--model NAME] --out DIR
+    interp-ext bench [--quick]
     interp-ext info
 
 ``explain`` also runs under ``torchrun --nproc_per_node=K -m interp_ext.cli explain ...``:
@@ -42,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--layer", help="Grad-CAM layer (dotted module name); default: the model's last spatial layer")
     ex.add_argument("--quiet", action="store_true", help="no progress bar or report")
     ex.set_defaults(func=_explain)
+
+    bench = sub.add_parser("bench", help="run the benchmark suite; write tables, a speed-up chart and BENCHMARKS.md")
+    bench.add_argument("--quick", action="store_true", help="small shapes and short runs")
+    bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+    bench.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
+    bench.add_argument("--benchmarks-md", type=Path, help="markdown file to update (default BENCHMARKS.md; '-' skips)")
+    bench.set_defaults(func=_bench)
 
     info = sub.add_parser("info", help="how interp_ext was built and what device it sees")
     info.set_defaults(func=_info)
@@ -109,6 +117,22 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The suite lives in the source checkout's benchmarks/ (it needs the peer libraries)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
+    if not script.is_file():
+        print("interp-ext bench: error: benchmarks/run_all.py ships with the source checkout "
+              "(git clone, then pip install -e .); it is not part of an installed wheel", file=sys.stderr)
+        return 2
+    cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else [])
+    for flag, value in (("--device", args.device), ("--out", args.out), ("--benchmarks-md", args.benchmarks_md)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    return subprocess.run(cmd).returncode
 
 
 def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -143,13 +143,16 @@ def test_refine_bad_values(refine):
     assert model.sizes == []
 
 
-def test_window_means_equal_a_brute_force_mean():
-    from interp_ext import reference
-    from interp_ext.attr.occlusion import _window_means
+def test_coarse_scores_are_interpolated_along_window_origins():
+    from interp_ext.attr.occlusion import _upsample_window_scores
 
-    maps = torch.randn(2, 3, 10, 11, dtype=torch.float64)
-    window, stride = (2, 4, 3), (1, 3, 4)  # clipped windows at every border
-    got = _window_means(maps, window, stride)
-    masks = [reference.occlusion_window_mask((3, 10, 11), window, stride, p) for p in range(got.shape[1])]
-    want = torch.stack([torch.stack([m[mask].mean() for mask in masks]) for m in maps])
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    shape, window, stride, coarse_stride = (3, 20, 23), (3, 5, 4), (1, 3, 2), (3, 6, 4)
+    origins = [torch.arange((d - w + s - 1) // s + 1) * s for d, w, s in zip(shape, window, stride)]
+    coarse_origins = [torch.arange((d - w + s - 1) // s + 1) * s for d, w, s in zip(shape, window, coarse_stride)]
+    linear = lambda oc, oy, ox: 0.5 * oc[:, None, None] - 2.0 * oy[None, :, None] + 3.0 * ox[None, None, :]
+    coarse = torch.stack([linear(*coarse_origins).flatten(), -linear(*coarse_origins).flatten()]).double()
+    est, known = _upsample_window_scores(coarse, shape, window, stride, coarse_stride)
+    want = linear(*[o.clamp(max=c[-1]) for o, c in zip(origins, coarse_origins)]).flatten().double()
+    torch.testing.assert_close(est, torch.stack([want, -want]), rtol=1e-12, atol=1e-12)
+    on_coarse = [(o % cs == 0) & (o <= c[-1]) for o, cs, c in zip(origins, coarse_stride, coarse_origins)]
+    assert torch.equal(known, (on_coarse[0][:, None, None] & on_coarse[1][None, :, None] & on_coarse[2][None, None, :]).flatten())

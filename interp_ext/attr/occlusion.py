@@ -69,26 +69,26 @@ def _expand_args(args: Any, batch: int, copies: int) -> tuple:
     )
 
 
-def _window_means(maps: torch.Tensor, window, stride) -> torch.Tensor:
-    """(N, C, H, W) -> (N, P): the mean of each map over every (border-clipped) window,
-    by inclusion-exclusion on a summed-volume table."""
-    n = maps.shape[0]
-    table = torch.nn.functional.pad(maps.double(), (1, 0, 1, 0, 1, 0)).cumsum(1).cumsum(2).cumsum(3)
-    lo, hi = [], []
-    for d, w, s in zip(maps.shape[1:], window, stride):
-        start = torch.arange((d - w + s - 1) // s + 1, device=maps.device) * s
-        lo.append(start)
-        hi.append((start + w).clamp(max=d))
-    shapes = ((-1, 1, 1), (1, -1, 1), (1, 1, -1))
-    lo = [t.view(sh) for t, sh in zip(lo, shapes)]
-    hi = [t.view(sh) for t, sh in zip(hi, shapes)]
-    total = torch.zeros((n, lo[0].numel(), lo[1].numel(), lo[2].numel()), dtype=torch.float64, device=maps.device)
-    for corner in range(8):
-        idx = [hi[d] if corner >> d & 1 else lo[d] for d in range(3)]
-        sign = 1 if bin(corner).count("1") % 2 == 1 else -1  # (-1) ** (number of lower bounds)
-        total += sign * table[:, idx[0], idx[1], idx[2]]
-    volume = (hi[0] - lo[0]) * (hi[1] - lo[1]) * (hi[2] - lo[2])
-    return (total / volume).reshape(n, -1).to(maps.dtype)
+def _upsample_window_scores(coarse: torch.Tensor, shape, window, stride, coarse_stride) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of coarse windows (N, P_coarse) -> estimates for every fine window (N, P),
+    by linear interpolation along each axis of the window origins, and a (P,) mask of the
+    fine windows that are coarse windows (coarse strides are multiples of the fine ones),
+    whose estimates are their exact scores."""
+    n = coarse.shape[0]
+    counts = [(d - w + s - 1) // s + 1 for d, w, s in zip(shape, window, coarse_stride)]
+    grid = coarse.double().view(n, *counts)
+    exact = torch.ones((), dtype=torch.bool, device=coarse.device)
+    for axis, (d, w, s, cs, nc) in enumerate(zip(shape, window, stride, coarse_stride, counts)):
+        origin = torch.arange((d - w + s - 1) // s + 1, device=coarse.device) * s
+        lo = (origin // cs).clamp(max=nc - 1)
+        hi = (lo + 1).clamp(max=nc - 1)
+        frac = ((origin - lo * cs).double() / cs).clamp(0, 1)
+        view = [1] * 4
+        view[axis + 1] = -1
+        a, b = grid.index_select(axis + 1, lo), grid.index_select(axis + 1, hi)
+        grid = a + (b - a) * frac.view(view)
+        exact = exact.unsqueeze(-1) & (origin == lo * cs)
+    return grid.reshape(n, -1).to(coarse.dtype), exact.reshape(-1)
 
 
 class Occlusion:
@@ -122,12 +122,13 @@ class Occlusion:
         ``perturbations_per_eval``: occluded copies of each image per model call; memory
         is bounded by it, not by the number of windows.
 
-        ``refine``: coarse-to-fine. A first pass occludes non-overlapping windows (stride =
-        window); each fine window's score is estimated by the coarse map's mean over it,
-        and only the ``refine`` fraction of windows with the largest estimated |effect| is
-        evaluated exactly, per image. Model calls drop from P to P_coarse + refine * P; the
-        map is exact where the effect is large and interpolated elsewhere (BENCHMARKS.md
-        gives measured time and SSIM against the exact map).
+        ``refine``: coarse-to-fine. A first pass occludes non-overlapping windows (the
+        smallest multiple of the stride that is at least the window); the other windows'
+        scores are interpolated linearly between them, and only the ``refine`` fraction
+        of windows with the largest estimated |effect| is evaluated exactly, per image.
+        Model calls drop from P to P_coarse + refine * P; the map is exact where the
+        effect is large and interpolated elsewhere (BENCHMARKS.md gives measured time
+        and SSIM against the exact map).
         """
         check_inputs(inputs, min_dim=4)
         if inputs.dim() != 4:
@@ -149,7 +150,7 @@ class Occlusion:
         target_t = normalize_target(target, n, inputs.device)
         x = inputs.detach().contiguous()
         total = ops.occlusion_window_count(shape, window, stride)
-        coarse_stride = tuple(max(s, wd) for s, wd in zip(stride, window))
+        coarse_stride = tuple(s * -(-wd // s) for s, wd in zip(stride, window))
 
         with torch.no_grad():
             clean = self.model(x, *_expand_args(additional_forward_args, n, 1))
@@ -181,14 +182,16 @@ class Occlusion:
                     lambda s, k, o: ops.occlusion_batch(x, base, window, coarse_stride, s, k, out=o),
                     "Occlusion (coarse)",
                 )
-                coarse_map = ops.occlusion_accumulate(coarse, shape, window, coarse_stride)
-                diffs = _window_means(coarse_map, window, stride)
-                chosen = diffs.abs().topk(max(1, math.ceil(refine * total)), dim=1).indices  # (N, k)
-                windows = chosen.t().contiguous()
-                exact = score_drops(
-                    windows.shape[0],
-                    lambda s, k, o: ops.occlusion_batch_at(x, base, window, stride, windows[s : s + k], out=o),
-                    "Occlusion (refine)",
-                )
-                diffs.scatter_(1, chosen, exact)
+                diffs, known = _upsample_window_scores(coarse, shape, window, stride, coarse_stride)
+                budget = min(math.ceil(refine * total), int((~known).sum()))
+                if budget > 0:
+                    # the coarse windows are already exact: rank only the interpolated ones
+                    chosen = diffs.abs().masked_fill(known, -1.0).topk(budget, dim=1).indices  # (N, k)
+                    windows = chosen.t().contiguous()
+                    exact = score_drops(
+                        budget,
+                        lambda s, k, o: ops.occlusion_batch_at(x, base, window, stride, windows[s : s + k], out=o),
+                        "Occlusion (refine)",
+                    )
+                    diffs.scatter_(1, chosen, exact)
         return ops.occlusion_accumulate(diffs, shape, window, stride).to(inputs.dtype)

@@ -1,0 +1,144 @@
+"""Run the benchmark suite and write a report: markdown tables, a bar chart of the
+speed-ups (vs the pure-PyTorch reference and vs the peer libraries) and, in
+BENCHMARKS.md, a section per device that a re-run replaces (the rest of the file is
+left alone). Machine, device, threads and versions are recorded with every figure.
+
+    python benchmarks/run_all.py [--quick] [--device cpu|cuda] [--out DIR] [--benchmarks-md FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import common  # noqa: E402
+
+SUITE = ("guided_relu", "gradcam", "occlusion")
+
+
+def run_suite(device: str, quick: bool, out: Path) -> dict[str, dict]:
+    results = {}
+    for name in SUITE:
+        cmd = [sys.executable, str(HERE / f"bench_{name}.py"), "--out", str(out)]
+        if name != "occlusion":
+            cmd += ["--device", device]
+        elif device == "cuda":
+            continue  # the occlusion benchmark measures CPU processes (max RSS)
+        if quick:
+            cmd.append("--quick")
+        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+        subprocess.run(cmd, check=True)
+        found = sorted(out.glob(f"{name}_*.json"), key=lambda p: p.stat().st_mtime)
+        results[name] = json.loads(found[-1].read_text())
+    return results
+
+
+def speedups(results: dict[str, dict]) -> list[dict]:
+    """One bar per (benchmark, case, baseline): how many times faster interp_ext is."""
+    bars = []
+
+    def add(group, case, against, value, threads):
+        if value:
+            bars.append({"group": group, "case": case, "against": against, "speedup": float(value), "threads": threads})
+
+    for r in results.get("guided_relu", {}).get("guided_backward", []):
+        case = "x".join(map(str, r["shape"])) if isinstance(r["shape"], list) else str(r["shape"])
+        add("guided ReLU backward", case, "eager reference", r.get("speedup_vs_eager"), r["threads"])
+    for r in results.get("guided_relu", {}).get("end_to_end", []):
+        add("GuidedBackprop e2e", f"{r['model']} b{r['batch']}", "Captum", r.get("speedup_vs_captum"), r["threads"])
+    for r in results.get("gradcam", {}).get("reduction", []):
+        case = "x".join(map(str, r["shape"])) if isinstance(r["shape"], list) else str(r["shape"])
+        add("Grad-CAM reduction", case, "eager reference", r.get("speedup_vs_eager"), r["threads"])
+        add("Grad-CAM reduction", case, "pytorch-grad-cam", r.get("speedup_vs_pytorch_grad_cam"), r["threads"])
+    for r in results.get("gradcam", {}).get("end_to_end", []):
+        add("Grad-CAM e2e", f"{r['model']} b{r['batch']}", "Captum", r.get("speedup_vs_captum"), r["threads"])
+        add("Grad-CAM e2e", f"{r['model']} b{r['batch']}", "pytorch-grad-cam", r.get("speedup_vs_pytorch_grad_cam"), r["threads"])
+    for r in results.get("occlusion", {}).get("occlusion", []):
+        add("Occlusion", f"{r['model']} x{r['images']}", "Captum", r.get("speedup"), r["threads"])
+    return bars
+
+
+def chart(bars: list[dict], title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{b['group']}: {b['case']} ({b['threads']} thr) vs {b['against']}" for b in bars]
+    colours = {"eager reference": "#4c72b0", "Captum": "#dd8452", "pytorch-grad-cam": "#55a868"}
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(bars) + 1.4), dpi=100)
+    ax.barh(range(len(bars)), [b["speedup"] for b in bars], color=[colours.get(b["against"], "#8172b3") for b in bars])
+    ax.set_yticks(range(len(bars)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("speed-up of interp_ext (x, log scale; 1 = parity)")
+    ax.set_title(title, fontsize=9)
+    for i, b in enumerate(bars):
+        ax.text(b["speedup"], i, f" {b['speedup']:.2g}x", va="center", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def replace_section(md_path: Path, device: str, body: str) -> None:
+    """Replace (or append) the section between this device's markers."""
+    begin, end = f"<!-- interp-ext bench: {device} -->", f"<!-- /interp-ext bench: {device} -->"
+    text = md_path.read_text() if md_path.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    tmp = md_path.with_name(f".{md_path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(md_path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small shapes and short runs (minutes, not an hour)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
+    p.add_argument("--out", type=Path, default=common.RESULTS, help="results folder (JSON, markdown, chart)")
+    p.add_argument("--benchmarks-md", type=Path, default=HERE.parent / "BENCHMARKS.md",
+                   help="markdown file whose section for this device is rewritten ('-' to skip)")
+    args = p.parse_args(argv)
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = run_suite(device, args.quick, args.out)
+    machine = common.machine(device)
+    import interp_ext
+
+    versions = {"interp_ext": interp_ext.__version__, "torch": torch.__version__}
+    for peer in ("captum", "pytorch_grad_cam"):
+        try:
+            versions[peer] = __import__(peer).__version__
+        except Exception:  # a peer that is absent or has no version: recorded as such
+            versions[peer] = "absent"
+    bars = speedups(results)
+    label = machine["device"] if device == "cuda" else f"CPU ({machine['cpu']})"
+    png = chart(bars, f"interp_ext speed-ups, {label}, {'quick' if args.quick else 'full'} run, {machine['date']}",
+                args.out / f"speedups_{machine['device'].replace(' ', '_')}.png")
+    header = (f"### `interp-ext bench`{' --quick' if args.quick else ''} on {label}\n\n"
+              f"{machine['date']}; threads as listed per row; versions: "
+              + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; chart: `{png.relative_to(HERE.parent) if png.is_relative_to(HERE.parent) else png}`\n\n")
+    body = header + common.md_table(bars, ["group", "case", "threads", "against", "speedup"]) + "\n"
+    (args.out / f"report_{machine['device'].replace(' ', '_')}.md").write_text(body)
+    if str(args.benchmarks_md) != "-":
+        replace_section(args.benchmarks_md, label.split(" (")[0], body)
+    print(f"wrote {png}, the report and {args.benchmarks_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

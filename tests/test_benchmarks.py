@@ -1,0 +1,43 @@
+"""benchmarks/run_all.py: speed-up extraction, the chart, the BENCHMARKS.md section."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+run_all = pytest.importorskip("run_all")
+
+
+def _results():
+    return {name: json.loads((BENCH / "results" / f"{name}_cpu.json").read_text()) for name in run_all.SUITE}
+
+
+def test_speedups_from_the_recorded_results():
+    bars = run_all.speedups(_results())
+    groups = {b["group"] for b in bars}
+    assert {"guided ReLU backward", "GuidedBackprop e2e", "Grad-CAM reduction", "Grad-CAM e2e", "Occlusion"} <= groups
+    assert {b["against"] for b in bars} == {"eager reference", "Captum", "pytorch-grad-cam"}
+    assert all(b["speedup"] > 0 for b in bars)
+    occ = next(b for b in bars if b["group"] == "Occlusion" and b["case"].startswith("free"))
+    assert occ["speedup"] == _results()["occlusion"]["occlusion"][0]["speedup"]
+
+
+def test_chart_is_a_png_with_a_bar_per_speedup(tmp_path):
+    bars = run_all.speedups(_results())
+    png = run_all.chart(bars, "test", tmp_path / "chart.png")
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.height > 20 * len(bars)
+
+
+def test_section_is_replaced_and_the_rest_kept(tmp_path):
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\nhand-written GPU figures\n")
+    run_all.replace_section(md, "CPU", "first\n")
+    run_all.replace_section(md, "NVIDIA H200", "gpu\n")
+    run_all.replace_section(md, "CPU", "second\n")
+    text = md.read_text()
+    assert "hand-written GPU figures" in text and "second" in text and "first" not in text and "gpu" in text
+    assert text.count("<!-- interp-ext bench: CPU -->") == 1
