@@ -4,6 +4,7 @@ BENCHMARKS.md, a section per device that a re-run replaces (the rest of the file
 left alone). Machine, device, threads and versions are recorded with every figure.
 
     python benchmarks/run_all.py [--quick] [--device cpu|cuda] [--out DIR] [--benchmarks-md FILE]
+    python benchmarks/run_all.py --from-results   # chart + report from the recorded JSON only
 """
 from __future__ import annotations
 
@@ -20,6 +21,16 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 SUITE = ("guided_relu", "gradcam", "occlusion")
+
+
+def recorded(device_name: str, out: Path) -> dict[str, dict]:
+    """The latest recorded results of each benchmark for a device ("cpu", "NVIDIA H200"...)."""
+    results = {}
+    for name in SUITE:
+        path = out / f"{name}_{device_name.replace(' ', '_')}.json"
+        if path.is_file():
+            results[name] = json.loads(path.read_text())
+    return results
 
 
 def run_suite(device: str, quick: bool, out: Path) -> dict[str, dict]:
@@ -81,7 +92,7 @@ def chart(bars: list[dict], title: str, path: Path) -> Path:
     ax.set_xlabel("speed-up of interp_ext (x, log scale; 1 = parity)")
     ax.set_title(title, fontsize=9)
     for i, b in enumerate(bars):
-        ax.text(b["speedup"], i, f" {b['speedup']:.2g}x", va="center", fontsize=7)
+        ax.text(b["speedup"], i, f" {b['speedup']:.3g}x", va="center", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -108,6 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small shapes and short runs (minutes, not an hour)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--out", type=Path, default=common.RESULTS, help="results folder (JSON, markdown, chart)")
+    p.add_argument("--from-results", action="store_true", help="do not run: chart and report the recorded JSON")
     p.add_argument("--benchmarks-md", type=Path, default=HERE.parent / "BENCHMARKS.md",
                    help="markdown file whose section for this device is rewritten ('-' to skip)")
     args = p.parse_args(argv)
@@ -115,8 +127,15 @@ def main(argv=None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.out.mkdir(parents=True, exist_ok=True)
-    results = run_suite(device, args.quick, args.out)
     machine = common.machine(device)
+    if args.from_results:
+        results = recorded(machine["device"], args.out)
+        if not results:
+            raise SystemExit(f"no recorded results for {machine['device']} in {args.out}")
+        dates = sorted({r.get("date") or r["machine"].get("date", "?") for r in results.values()})
+        machine["date"] = dates[0][:10] if dates[0][:10] == dates[-1][:10] else f"{dates[0][:10]} to {dates[-1][:10]}"
+    else:
+        results = run_suite(device, args.quick, args.out)
     import interp_ext
 
     versions = {"interp_ext": interp_ext.__version__, "torch": torch.__version__}
@@ -127,7 +146,8 @@ def main(argv=None) -> int:
             versions[peer] = "absent"
     bars = speedups(results)
     label = machine["device"] if device == "cuda" else f"CPU ({machine['cpu']})"
-    png = chart(bars, f"interp_ext speed-ups, {label}, {'quick' if args.quick else 'full'} run, {machine['date']}",
+    kind = "recorded" if args.from_results else ("quick" if args.quick else "full")
+    png = chart(bars, f"interp_ext speed-ups, {label}, {kind} figures, {machine['date']}",
                 args.out / f"speedups_{machine['device'].replace(' ', '_')}.png")
     header = (f"### `interp-ext bench`{' --quick' if args.quick else ''} on {label}\n\n"
               f"{machine['date']}; threads as listed per row; versions: "

@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the benchmark suite; write tables, a speed-up chart and BENCHMARKS.md")
     bench.add_argument("--quick", action="store_true", help="small shapes and short runs")
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+    bench.add_argument("--from-results", action="store_true", help="do not run: chart and report the recorded results")
     bench.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     bench.add_argument("--benchmarks-md", type=Path, help="markdown file to update (default BENCHMARKS.md; '-' skips)")
     bench.set_defaults(func=_bench)
@@ -101,6 +102,7 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             summary = job.summarize(prep, parts, job.read_previous(args.out))
             job.write_summary(args.out, summary)
             gallery = job.write_gallery(args.out, summary)
+            job.write_contact_sheet(args.out, summary)
             if not args.quiet:
                 t = summary["timing"]
                 rate = f", {t['images_per_second']} img/s" if t["images_per_second"] else ""
@@ -128,7 +130,7 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print("interp-ext bench: error: benchmarks/run_all.py ships with the source checkout "
               "(git clone, then pip install -e .); it is not part of an installed wheel", file=sys.stderr)
         return 2
-    cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else [])
+    cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else []) + (["--from-results"] if args.from_results else [])
     for flag, value in (("--device", args.device), ("--out", args.out), ("--benchmarks-md", args.benchmarks_md)):
         if value is not None:
             cmd += [flag, str(value)]

@@ -330,6 +330,34 @@ td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:left}} im
     return path
 
 
+def write_contact_sheet(out: Path, summary: dict, thumb: int = 112, max_images: int = 16) -> Optional[Path]:
+    """DIR/gallery.png: the first `max_images` images x (input + methods) as one picture,
+    for a README or a report (the full set is in index.html)."""
+    keys = sorted(summary["images"])[:max_images]
+    if not keys:
+        return None
+    columns = ["input", *summary["methods"]]
+    label_h = 16
+    sheet = Image.new("RGB", (thumb * len(columns), label_h + thumb * len(keys)), "white")
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(sheet)
+    for c, name in enumerate(columns):
+        draw.text((c * thumb + 4, 2), name, fill="black")
+    for r, key in enumerate(keys):
+        files = summary["images"][key]["files"]
+        for c, name in enumerate(columns):
+            rel = files.get("input" if name == "input" else f"{name}.png")
+            if rel and (out / rel).is_file():
+                with Image.open(out / rel) as im:
+                    sheet.paste(im.convert("RGB").resize((thumb, thumb), Image.BILINEAR), (c * thumb, label_h + r * thumb))
+    path = out / "gallery.png"
+    tmp = path.with_name(f".{path.name}.tmp")
+    sheet.save(tmp, format="PNG", optimize=True)
+    os.replace(tmp, path)
+    return path
+
+
 def write_summary(out: Path, summary: dict) -> Path:
     path = out / "summary.json"
     _atomic_write_bytes(path, json.dumps(summary, indent=2).encode())

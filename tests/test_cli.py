@@ -78,6 +78,8 @@ def test_folder_of_good_and_bad_files(folder, tmp_path, capsys):
     html = (out / "index.html").read_text()
     for key in GOOD:
         assert f"images/{key}/gradcam.png" in html
+    with Image.open(out / "gallery.png") as sheet:  # images x (input + 3 methods)
+        assert sheet.size == (4 * 112, 16 + 4 * 112)
 
 
 def test_second_run_skips_finished_images(folder, tmp_path):
