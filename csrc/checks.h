@@ -5,11 +5,13 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include <cmath>
 #include <cstdio>
 #include <utility>
 #include <limits>
 #include <string>
 
+#include "kernels/blur.h"
 #include "kernels/gradcam.h"
 #include "kernels/guided_relu.h"
 #include "kernels/occlusion.h"
@@ -277,6 +279,74 @@ inline void check_feature_batch_out(const at::Tensor& out, const at::Tensor& x, 
   TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.device() == x.device(), op,
               ": out must have x's dtype and device");
   TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
+}
+
+// ---- separable filter (Gaussian blur) ----------------------------------------------------
+
+inline BorderMode parse_border(const char* op, c10::string_view padding) {
+  if (padding == "reflect") return BorderMode::Reflect;
+  if (padding == "replicate") return BorderMode::Replicate;
+  if (padding == "zeros") return BorderMode::Zeros;
+  TORCH_CHECK(false, op, ": padding must be \"reflect\", \"replicate\" or \"zeros\", got \"", std::string(padding),
+              "\"");
+}
+
+// x (N, C, H, W); taps (1 or N, k) in the compute type (float64 for float64 x, else float32).
+inline BorderMode check_separable_filter_args(const char* op, const at::Tensor& x, const at::Tensor& taps_h,
+                                              const at::Tensor& taps_w, c10::string_view padding) {
+  check_floating(op, "x", x);
+  TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got shape ", shape_str(x));
+  const at::ScalarType compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"taps_h", taps_h}, {"taps_w", taps_w}}) {
+    TORCH_CHECK(t.dim() == 2 && (t.size(0) == 1 || t.size(0) == x.size(0)) && t.size(1) >= 1, op, ": ", name,
+                " must be (1 or N, k) with N = ", std::to_string(x.size(0)), " and k >= 1, got ", shape_str(t));
+    TORCH_CHECK(t.scalar_type() == compute, op, ": ", name, " must be ", compute, " for x of dtype ", x.scalar_type(),
+                ", got ", t.scalar_type());
+    TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on x's device");
+  }
+  return parse_border(op, padding);
+}
+
+// ---- total variation -----------------------------------------------------------------
+
+inline void check_total_variation_args(const char* op, const at::Tensor& x, double beta) {
+  check_floating(op, "x", x);
+  TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got shape ", shape_str(x));
+  TORCH_CHECK(beta > 0 && std::isfinite(beta), op, ": beta must be positive, got ", num_str(beta));
+}
+
+inline void check_total_variation_backward_args(const at::Tensor& grad, const at::Tensor& x, double beta) {
+  const char* op = "total_variation_backward";
+  check_total_variation_args(op, x, beta);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0), op, ": grad must be (N,) = (", std::to_string(x.size(0)),
+              ",), got ", shape_str(grad));
+  TORCH_CHECK(grad.device() == x.device(), op, ": grad must be on x's device");
+  check_floating(op, "grad", grad);
+}
+
+// ---- Yosinski et al. regularisation step --------------------------------------------------
+
+inline void check_regularize_args(const at::Tensor& x, const at::Tensor& grad, double lr, double decay,
+                                  double grad_pct, double norm_pct, double contrib_pct) {
+  const char* op = "regularize_step_";
+  check_floating(op, "x", x);
+  TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got shape ", shape_str(x));
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type() && grad.device() == x.device(), op,
+              ": grad must have x's shape, dtype and device, got ", shape_str(grad));
+  TORCH_CHECK(std::isfinite(lr), op, ": lr must be finite, got ", num_str(lr));
+  TORCH_CHECK(decay >= 0 && decay < 1, op, ": decay must be in [0, 1), got ", num_str(decay));
+  for (const auto& [name, v] : {std::pair<const char*, double>{"grad_percentile", grad_pct},
+                                {"norm_percentile", norm_pct},
+                                {"contribution_percentile", contrib_pct}}) {
+    TORCH_CHECK(v >= 0 && v < 100, op, ": ", name, " must be in [0, 100), got ", num_str(v));
+  }
+}
+
+// Per-row p-th percentile of a (N, M) tensor (0 where p == 0: nothing is clipped), on its
+// device, by ATen's quantile (linear interpolation).
+inline at::Tensor percentile_per_sample(const at::Tensor& values, double pct) {
+  if (pct <= 0 || values.size(1) == 0) return at::zeros({values.size(0)}, values.options());
+  return at::quantile(values, pct / 100.0, 1);
 }
 
 }  // namespace interp_ext

@@ -62,6 +62,26 @@ TORCH_LIBRARY(interp_ext, m) {
   m.def("feature_batch(Tensor x, Tensor baseline, Tensor feature_mask, Tensor present) -> Tensor");
   m.def(
       "feature_batch.out(Tensor x, Tensor baseline, Tensor feature_mask, Tensor present, *, Tensor(a!) out) -> ()");
+  // Separable filter (Gaussian blur): x (N, C, H, W) filtered along H by taps_h and
+  // along W by taps_w, each (1 or N, k) (per-sample taps allowed) in the compute type
+  // (float64 for float64 x, else float32); output i reads input i + t - (k-1)/2 with the
+  // border read as "reflect" (no edge repeat), "replicate" or "zeros".
+  m.def("separable_filter(Tensor x, Tensor taps_h, Tensor taps_w, str padding=\"reflect\") -> Tensor");
+  // Its exact adjoint (the gradient with respect to x), borders included.
+  m.def("separable_filter_backward(Tensor grad, Tensor taps_h, Tensor taps_w, str padding=\"reflect\") -> Tensor");
+  // Total variation (Mahendran & Vedaldi) per sample, (N,): sum over channels and pixels
+  // of ((x[i,j+1]-x[i,j])^2 + (x[i+1,j]-x[i,j])^2)^(beta/2), differences leaving the image
+  // taken as 0; and its gradient for an incoming (N,) gradient.
+  m.def("total_variation(Tensor x, float beta=2.0) -> Tensor");
+  m.def("total_variation_backward(Tensor grad, Tensor x, float beta=2.0) -> Tensor");
+  // Yosinski et al. regularised ascent step, in place on x (N, C, H, W): zero the
+  // entries of grad below its per-sample grad_percentile (of |grad|), x = (x + lr * grad)
+  // * (1 - decay), then zero the pixels whose norm over channels is below the
+  // norm_percentile or whose contribution sum_c |x * grad| is below the
+  // contribution_percentile of their sample. Percentiles in [0, 100); 0 disables.
+  m.def(
+      "regularize_step_(Tensor(a!) x, Tensor grad, float lr, float decay=0.0, float grad_percentile=0.0, "
+      "float norm_percentile=0.0, float contribution_percentile=0.0) -> ()");
   // Simonyan et al. saliency map: max over channels of |grad|, (N, C, H, W) -> (N, H, W).
   m.def("saliency_reduce(Tensor grad) -> Tensor");
 }
@@ -83,7 +103,8 @@ TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
                            "saliency_reduce", "gradcam", "cam", "occlusion_batch",
                            "occlusion_batch.out", "occlusion_batch_at", "occlusion_batch_at.out",
                            "occlusion_accumulate", "feature_batch",
-                           "feature_batch.out"}) {
+                           "feature_batch.out", "separable_filter", "separable_filter_backward",
+                           "total_variation", "total_variation_backward", "regularize_step_"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cuda_not_compiled>());
   }
 }

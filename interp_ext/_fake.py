@@ -226,3 +226,60 @@ def _feature_batch_fake(x, baseline, feature_mask, present):
 def _feature_batch_out_fake(x, baseline, feature_mask, present, *, out):
     want = _feature_batch_fake(x, baseline, feature_mask, present)
     torch._check(out.shape == want.shape, lambda: f"feature_batch: out must be (B * N, C, H, W) = {tuple(want.shape)}, got {list(out.shape)}")
+
+
+def _separable_filter_fake_checks(op, x, taps_h, taps_w, padding):
+    _check_floating(op, "x", x)
+    torch._check(x.dim() == 4, lambda: f"{op}: x must be (N, C, H, W), got shape {list(x.shape)}")
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    for name, t in (("taps_h", taps_h), ("taps_w", taps_w)):
+        torch._check(
+            t.dim() == 2 and t.shape[0] in (1, x.shape[0]) and t.shape[1] >= 1,
+            lambda: f"{op}: {name} must be (1 or N, k) with N = {x.shape[0]} and k >= 1, got {list(t.shape)}",
+        )
+        torch._check(t.dtype == compute, lambda: f"{op}: {name} must be {compute} for x of dtype {x.dtype}, got {t.dtype}")
+    torch._check(
+        padding in ("reflect", "replicate", "zeros"),
+        lambda: f'{op}: padding must be "reflect", "replicate" or "zeros", got "{padding}"',
+    )
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("interp_ext::separable_filter")
+def _separable_filter_fake(x, taps_h, taps_w, padding="reflect"):
+    return _separable_filter_fake_checks("separable_filter", x, taps_h, taps_w, padding)
+
+
+@torch.library.register_fake("interp_ext::separable_filter_backward")
+def _separable_filter_backward_fake(grad, taps_h, taps_w, padding="reflect"):
+    return _separable_filter_fake_checks("separable_filter_backward", grad, taps_h, taps_w, padding)
+
+
+def _tv_checks(op, x, beta):
+    _check_floating(op, "x", x)
+    torch._check(x.dim() == 4, lambda: f"{op}: x must be (N, C, H, W), got shape {list(x.shape)}")
+    torch._check(beta > 0 and beta != float("inf"), lambda: f"{op}: beta must be positive, got {beta:g}")
+
+
+@torch.library.register_fake("interp_ext::total_variation")
+def _total_variation_fake(x, beta=2.0):
+    _tv_checks("total_variation", x, beta)
+    return x.new_empty((x.shape[0],))
+
+
+@torch.library.register_fake("interp_ext::total_variation_backward")
+def _total_variation_backward_fake(grad, x, beta=2.0):
+    _tv_checks("total_variation_backward", x, beta)
+    torch._check(
+        grad.dim() == 1 and grad.shape[0] == x.shape[0],
+        lambda: f"total_variation_backward: grad must be (N,) = ({x.shape[0]},), got {list(grad.shape)}",
+    )
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("interp_ext::regularize_step_")
+def _regularize_step_fake(x, grad, lr, decay=0.0, grad_percentile=0.0, norm_percentile=0.0, contribution_percentile=0.0):
+    _check_floating("regularize_step_", "x", x)
+    torch._check(x.dim() == 4, lambda: f"regularize_step_: x must be (N, C, H, W), got shape {list(x.shape)}")
+    torch._check(grad.shape == x.shape, lambda: f"regularize_step_: grad must have x's shape, dtype and device, got {list(grad.shape)}")
+    return None

@@ -5,7 +5,8 @@ native kernels (CPU or CUDA, picked by the dispatcher from the tensors' device).
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+import math
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 
@@ -186,6 +187,119 @@ def feature_batch(
     return out
 
 
+Padding = Literal["reflect", "replicate", "zeros"]
+SigmaLike = Union[float, Sequence[float], torch.Tensor]
+
+
+def gaussian_kernel_size(sigma: float) -> int:
+    """The default kernel size for a Gaussian of standard deviation `sigma`: the odd
+    size 2 * ceil(3 sigma) + 1, which covers +-3 sigma (99.7% of the mass)."""
+    return 2 * math.ceil(3 * float(sigma)) + 1
+
+
+def gaussian_taps(sigma: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps (len(sigma), size) at offsets i - (size - 1) / 2,
+    the same numbers as torchvision's ``gaussian_blur`` kernel."""
+    offsets = torch.arange(size, dtype=torch.float64, device=sigma.device) - (size - 1) / 2
+    pdf = torch.exp(-0.5 * (offsets[None, :] / sigma.double()[:, None]) ** 2)
+    return pdf / pdf.sum(dim=1, keepdim=True)
+
+
+def _sigmas(sigma: SigmaLike, batch: int, device: torch.device) -> torch.Tensor:
+    """A number, (sigma_h, sigma_w), or per-sample (N,) / (N, 2) -> (1 or N, 2) float64."""
+    if isinstance(sigma, torch.Tensor):
+        s = sigma.detach().to(device=device, dtype=torch.float64)
+        if s.dim() == 0:
+            s = s.view(1, 1).expand(1, 2)
+        elif s.dim() == 1 and s.shape[0] == batch:
+            s = s[:, None].expand(batch, 2)
+        elif s.dim() == 1 and s.shape[0] == 2:
+            s = s[None]
+        elif not (s.dim() == 2 and s.shape == (batch, 2)):
+            raise ValueError(f"sigma: a tensor must be a scalar, (2,), (N,) or (N, 2) with N = {batch}, got {tuple(s.shape)}")
+    elif isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
+        s = torch.full((1, 2), float(sigma), dtype=torch.float64, device=device)
+    elif isinstance(sigma, Sequence) and len(sigma) == 2:
+        s = torch.tensor([[float(v) for v in sigma]], dtype=torch.float64, device=device)
+    else:
+        raise ValueError(f"sigma must be a number, (sigma_h, sigma_w) or a per-sample tensor, got {sigma!r}")
+    if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
+        raise ValueError(f"sigma must be positive and finite, got {s.flatten().tolist()}")
+    return s
+
+
+def gaussian_blur(
+    x: torch.Tensor,
+    sigma: SigmaLike,
+    kernel_size: Union[None, int, Sequence[int]] = None,
+    padding: Padding = "reflect",
+) -> torch.Tensor:
+    """Gaussian blur of ``x (N, C, H, W)``, separable and fused in one native pass.
+
+    ``sigma``: a number, ``(sigma_h, sigma_w)``, or per sample ``(N,)`` / ``(N, 2)``.
+    ``kernel_size``: an int or ``(k_h, k_w)``; default `gaussian_kernel_size` of the largest
+    sigma per axis (odd, covering +-3 sigma). For the same odd size and sigma the result
+    equals torchvision's ``gaussian_blur`` (which takes ``[k_w, k_h]``, width first). An
+    even size puts its extra tap on the right (as ``conv2d(padding="same")``).
+    ``padding``: ``"reflect"`` (torchvision's; mirrored periodically when the kernel is
+    wider than the image, where torchvision raises), ``"replicate"`` or ``"zeros"``.
+    Differentiable in ``x``; the backward is the exact adjoint, borders included.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be an (N, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    s = _sigmas(sigma, x.shape[0], x.device)
+    if kernel_size is None:
+        sizes = [gaussian_kernel_size(float(s[:, a].max())) for a in (0, 1)]
+    else:
+        sizes = [kernel_size] * 2 if isinstance(kernel_size, int) else list(kernel_size)
+        if len(sizes) != 2 or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in sizes):
+            raise ValueError(f"kernel_size must be a positive int or (k_h, k_w), got {kernel_size!r}")
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    taps_h = gaussian_taps(s[:, 0], sizes[0]).to(compute)
+    taps_w = gaussian_taps(s[:, 1], sizes[1]).to(compute)
+    return separable_filter(x, taps_h, taps_w, padding)
+
+
+def separable_filter(x: torch.Tensor, taps_h: torch.Tensor, taps_w: torch.Tensor, padding: Padding = "reflect") -> torch.Tensor:
+    """``x (N, C, H, W)`` filtered along H by ``taps_h`` and along W by ``taps_w``, each
+    ``(1 or N, k)`` (float64 for float64 ``x``, else float32); output ``i`` reads input
+    ``i + t - (k - 1) // 2``. Differentiable in ``x`` (native adjoint)."""
+    return _ops.separable_filter.default(x, taps_h, taps_w, padding)
+
+
+def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
+    """Total variation per sample, ``(N,)``, of ``x (N, C, H, W)`` (Mahendran & Vedaldi):
+    ``sum_{c,i,j} ((x[i,j+1] - x[i,j])^2 + (x[i+1,j] - x[i,j])^2)^(beta / 2)``, the
+    differences that would leave the image taken as 0 (``beta=2``: the sum of all squared
+    forward differences). Differentiable in ``x`` (native backward; for ``beta < 2`` the
+    gradient where both differences vanish is taken as 0)."""
+    return _ops.total_variation.default(x, float(beta))
+
+
+def regularize_step_(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    lr: float,
+    *,
+    decay: float = 0.0,
+    grad_percentile: float = 0.0,
+    norm_percentile: float = 0.0,
+    contribution_percentile: float = 0.0,
+) -> torch.Tensor:
+    """One regularised gradient-ascent step of Yosinski et al., in place on ``x (N, C, H, W)``.
+
+    In order: entries of ``grad`` with ``|grad|`` below its per-sample ``grad_percentile``
+    are zeroed; ``x = (x + lr * grad) * (1 - decay)`` (L2 decay); pixels whose norm over
+    channels is below the ``norm_percentile`` of their sample, or whose contribution
+    ``sum_c |x * grad|`` is below the ``contribution_percentile``, are set to 0.
+    Percentiles in [0, 100) (0 disables one), computed on the device; one fused pass plus
+    a statistics pass when pixels are clipped. The periodic blur is `gaussian_blur`.
+    Not differentiable (it is the optimiser's update). Returns ``x``."""
+    _ops.regularize_step_.default(x, grad, float(lr), float(decay), float(grad_percentile), float(norm_percentile),
+                                  float(contribution_percentile))
+    return x
+
+
 def _as_size(size: Optional[Sequence[int]]) -> Optional[list[int]]:
     return None if size is None else [int(s) for s in size]
 
@@ -214,4 +328,37 @@ def _guided_relu_backward(ctx, grad_output):
 
 torch.library.register_autograd(
     "interp_ext::guided_relu", _guided_relu_backward, setup_context=_guided_relu_setup_context
+)
+
+
+def _separable_filter_setup_context(ctx, inputs, output):
+    _, taps_h, taps_w, padding = inputs
+    ctx.save_for_backward(taps_h, taps_w)
+    ctx.padding = padding
+
+
+def _separable_filter_backward(ctx, grad_output):
+    taps_h, taps_w = ctx.saved_tensors
+    grad = _ops.separable_filter_backward.default(grad_output, taps_h, taps_w, ctx.padding)
+    return grad, None, None, None
+
+
+torch.library.register_autograd(
+    "interp_ext::separable_filter", _separable_filter_backward, setup_context=_separable_filter_setup_context
+)
+
+
+def _total_variation_setup_context(ctx, inputs, output):
+    x, beta = inputs
+    ctx.save_for_backward(x)
+    ctx.beta = beta
+
+
+def _total_variation_backward(ctx, grad_output):
+    (x,) = ctx.saved_tensors
+    return _ops.total_variation_backward.default(grad_output, x, ctx.beta), None
+
+
+torch.library.register_autograd(
+    "interp_ext::total_variation", _total_variation_backward, setup_context=_total_variation_setup_context
 )

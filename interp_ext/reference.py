@@ -189,3 +189,63 @@ def feature_batch(x: torch.Tensor, baseline: torch.Tensor, feature_mask: torch.T
     ids = feature_mask.expand(n, *x.shape[1:])
     base = baseline.expand_as(x)
     return torch.cat([torch.where(row[ids], x, base) for row in present]) if len(present) else x.new_empty((0, *x.shape[1:]))
+
+
+def border_indices(n: int, left: int, right: int, padding: str) -> torch.Tensor:
+    """Input coordinate of each position of an axis padded by (left, right); -1 = zero."""
+    j = torch.arange(-left, n + right)
+    if padding == "zeros":
+        return torch.where((j >= 0) & (j < n), j, torch.full_like(j, -1))
+    if padding == "replicate" or n == 1:
+        return j.clamp(0, n - 1)
+    period = 2 * (n - 1)
+    j = j % period
+    return torch.where(j < n, j, period - j)
+
+
+def separable_filter(x: torch.Tensor, taps_h: torch.Tensor, taps_w: torch.Tensor, padding: str = "reflect") -> torch.Tensor:
+    """Pad by index (reflect / replicate / zeros, any width), then two 1-D correlations
+    with per-sample taps, in float64."""
+    n, c, h, w = x.shape
+    out = x.double()
+    for axis, taps, size in ((2, taps_h, h), (3, taps_w, w)):
+        k = taps.shape[1]
+        idx = border_indices(size, (k - 1) // 2, k // 2, padding).to(x.device)
+        padded = out.index_select(axis, idx.clamp(min=0))
+        mask = (idx >= 0).double().view([-1 if d == axis else 1 for d in range(4)])
+        padded = padded * mask
+        t = taps.double().expand(n, k)
+        acc = torch.zeros_like(out)
+        for i in range(k):
+            part = padded.narrow(axis, i, size)
+            acc += t[:, i].view(n, 1, 1, 1) * part
+        out = acc
+    return out.to(x.dtype)
+
+
+def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
+    """(N,): sum over channels and pixels of (dx^2 + dy^2)^(beta/2), forward differences
+    that would leave the image taken as 0."""
+    dx = torch.nn.functional.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
+    dy = torch.nn.functional.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    s = dx * dx + dy * dy
+    terms = s if beta == 2 else torch.where(s > 0, s.clamp(min=torch.finfo(s.dtype).tiny) ** (beta / 2), torch.zeros_like(s))
+    return terms.sum(dim=(1, 2, 3))
+
+
+def regularize_step(x: torch.Tensor, grad: torch.Tensor, lr: float, decay: float = 0.0, grad_percentile: float = 0.0,
+                    norm_percentile: float = 0.0, contribution_percentile: float = 0.0) -> torch.Tensor:
+    """The Yosinski et al. step, out of place, in the op's order (see ops.regularize_step_)."""
+    n = x.shape[0]
+    x, grad = x.double(), grad.double()
+
+    def pct(values, p):
+        v = values.reshape(n, -1)
+        return torch.zeros(n, dtype=v.dtype) if p <= 0 else torch.quantile(v, p / 100, dim=1)
+
+    g = torch.where(grad.abs() >= pct(grad.abs(), grad_percentile).view(n, 1, 1, 1), grad, torch.zeros_like(grad))
+    v = (x + lr * g) * (1 - decay)
+    norms = v.square().sum(1).sqrt()
+    contrib = (v * grad).abs().sum(1)
+    keep = (norms >= pct(norms, norm_percentile).view(n, 1, 1)) & (contrib >= pct(contrib, contribution_percentile).view(n, 1, 1))
+    return torch.where(keep[:, None], v, torch.zeros_like(v))

@@ -31,7 +31,7 @@ fi
 $PY -c "import interp_ext, json; print(json.dumps(interp_ext.build_info()))" | tee "$OUT/build_info.json"
 
 step "CUDA tests + op tests (one file at a time; full logs in \$OUT)"
-for f in tests/test_cuda.py tests/test_gradcam_op.py tests/test_occlusion_op.py tests/test_shapley.py tests/test_guided_relu.py tests/test_gradient_methods.py tests/test_cam_methods.py; do
+for f in tests/test_cuda.py tests/test_gradcam_op.py tests/test_occlusion_op.py tests/test_shapley.py tests/test_blur.py tests/test_tv.py tests/test_regularize.py tests/test_guided_relu.py tests/test_gradient_methods.py tests/test_cam_methods.py; do
   log="$OUT/pytest_$(basename "$f" .py).log"
   $PY -X faulthandler -m pytest -v -p no:cacheprovider -p no:logging "$f" > "$log" 2>&1 || status=1
   tail -1 "$log"
@@ -62,6 +62,16 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
                            torch.randint(0, p, (4, 2), device="cuda"))
     mask = torch.randint(0, 5, (2, 1, 11, 13), device="cuda")
     ops.feature_batch(img, torch.zeros(2, 3, 11, 13, device="cuda", dtype=dtype), mask, torch.rand(3, 5, device="cuda") > 0.5)
+    for k in (5, 4, 41):  # tiled, even, two-pass
+        blur_x = torch.randn(2, 3, 37, 70, device="cuda", dtype=dtype)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        taps = torch.rand(2, k, device="cuda", dtype=acc)
+        for pad in ("reflect", "replicate", "zeros"):
+            ops.separable_filter(blur_x, taps, taps[:1], pad)
+            torch.ops.interp_ext.separable_filter_backward(blur_x, taps, taps[:1], pad)
+    ops.total_variation(img, 1.5); torch.ops.interp_ext.total_variation_backward(torch.ones(2, device="cuda", dtype=dtype), img, 1.5)
+    reg = img.clone(); ops.regularize_step_(reg, torch.randn_like(reg), 0.5, decay=0.1, grad_percentile=10.0,
+                                            norm_percentile=20.0, contribution_percentile=20.0)
 torch.cuda.synchronize(); print("sanitizer case done")
 PYEOF
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 $PY /tmp/sanitize_case.py \
@@ -70,7 +80,7 @@ tail -5 "$OUT/sanitizer.log"; [ $rc -eq 0 ] || { echo "SANITIZER rc=$rc"; status
 
 step "benchmarks"
 if [ -z "${SKIP_BENCH:-}" ]; then
-  for b in benchmarks/bench_guided_relu.py benchmarks/bench_gradcam.py; do
+  for b in benchmarks/bench_guided_relu.py benchmarks/bench_gradcam.py benchmarks/bench_blur.py; do
     $PY "$b" --device cuda --out "$OUT" ${QUICK:+--quick} 2>&1 | grep -v Warning || status=1
   done
 fi

@@ -1,0 +1,149 @@
+"""Gaussian blur and total variation: the native ops vs torchvision's ``gaussian_blur``
+(a 2-D depthwise convolution), kornia's ``gaussian_blur2d`` (separable and 2-D),
+``torch.compile`` of the pure-PyTorch reference and a same-size copy (the bytes floor);
+forward and forward + backward. TV forward + backward vs the eager reference.
+
+    python benchmarks/bench_blur.py [--device cpu|cuda] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import interp_ext  # noqa: E402
+from interp_ext import ops, reference  # noqa: E402
+
+CASES = [((64, 3, 224, 224), 5), ((64, 3, 224, 224), 9), ((1, 3, 224, 224), 5), ((256, 3, 224, 224), 5)]
+SIGMA = {5: 1.0, 9: 2.0}
+
+
+def contenders(kernel: int):
+    sigma = SIGMA[kernel]
+    fns = {"interp_ext": lambda x: ops.gaussian_blur(x, sigma, kernel)}
+    try:
+        import torchvision.transforms.functional as tvf
+
+        fns["torchvision"] = lambda x: tvf.gaussian_blur(x, [kernel, kernel], [sigma, sigma])
+    except ImportError:
+        pass
+    try:
+        import kornia.filters as kf
+
+        fns["kornia_separable"] = lambda x: kf.gaussian_blur2d(x, (kernel, kernel), (sigma, sigma), separable=True)
+        fns["kornia_2d"] = lambda x: kf.gaussian_blur2d(x, (kernel, kernel), (sigma, sigma), separable=False)
+    except ImportError:
+        pass
+    taps = ops.gaussian_taps(torch.tensor([sigma]), kernel).float()
+    fns["compiled_reference"] = torch.compile(lambda x: reference.separable_filter(x, taps.to(x.device), taps.to(x.device)),
+                                              dynamic=False)
+    return fns
+
+
+def blur_rows(device: str, cases, min_run_time: float) -> list[dict]:
+    rows = []
+    default_threads = torch.get_num_threads()
+    for threads in common.thread_settings(device):
+        torch.set_num_threads(threads)
+        for shape, kernel in cases:
+            fns = contenders(kernel)
+            nbytes = 4 * torch.Size(shape).numel()
+            nxt = common.rotating(lambda: (torch.rand(shape, device=device), torch.empty(shape, device=device)), device, 2 * nbytes)
+            x0, _ = nxt()
+            want = ops.gaussian_blur(x0, SIGMA[kernel], kernel)
+            for name, fn in fns.items():
+                if name != "interp_ext":
+                    torch.testing.assert_close(fn(x0), want, rtol=1e-4, atol=1e-5)
+            row = {"device": device, "threads": threads, "shape": "x".join(map(str, shape)), "kernel": kernel}
+            for name, fn in fns.items():
+                row[f"{name}_ms"] = 1e3 * common.median_seconds(lambda fn=fn: fn(nxt()[0]), device, min_run_time)
+
+            def copy():
+                x, buf = nxt()
+                buf.copy_(x)
+
+            row["copy_ms"] = 1e3 * common.median_seconds(copy, device, min_run_time)
+
+            def fwd_bwd(fn):
+                def run():
+                    x = nxt()[0].requires_grad_(True)
+                    fn(x).sum().backward()
+                return run
+
+            row["interp_ext_fwd_bwd_ms"] = 1e3 * common.median_seconds(fwd_bwd(fns["interp_ext"]), device, min_run_time)
+            if "torchvision" in fns:
+                row["torchvision_fwd_bwd_ms"] = 1e3 * common.median_seconds(fwd_bwd(fns["torchvision"]), device, min_run_time)
+            for name in fns:
+                if name != "interp_ext":
+                    row[f"speedup_vs_{name}"] = row[f"{name}_ms"] / row["interp_ext_ms"]
+            if "torchvision_fwd_bwd_ms" in row:
+                row["speedup_fwd_bwd_vs_torchvision"] = row["torchvision_fwd_bwd_ms"] / row["interp_ext_fwd_bwd_ms"]
+            row["vs_copy"] = row["interp_ext_ms"] / row["copy_ms"]
+            rows.append(row)
+            print(f"[{device} t={threads}] blur {row['shape']} k{kernel}: interp_ext {row['interp_ext_ms']:.3g} ms, "
+                  + ", ".join(f"{n} x{row[f'speedup_vs_{n}']:.1f}" for n in fns if n != "interp_ext")
+                  + f", copy {row['copy_ms']:.3g} ms (x{row['vs_copy']:.2f} of copy)", flush=True)
+    torch.set_num_threads(default_threads)
+    return rows
+
+
+def tv_rows(device: str, shapes, min_run_time: float) -> list[dict]:
+    rows = []
+    default_threads = torch.get_num_threads()
+    for threads in common.thread_settings(device):
+        torch.set_num_threads(threads)
+        for shape in shapes:
+            nxt = common.rotating(lambda: torch.rand(shape, device=device), device, 4 * torch.Size(shape).numel())
+
+            def run(fn):
+                def go():
+                    x = nxt().requires_grad_(True)
+                    fn(x).sum().backward()
+                return go
+
+            x0 = nxt()
+            torch.testing.assert_close(ops.total_variation(x0), reference.total_variation(x0), rtol=1e-4, atol=1e-3)
+            row = {"device": device, "threads": threads, "shape": "x".join(map(str, shape)), "beta": 2.0}
+            row["interp_ext_ms"] = 1e3 * common.median_seconds(run(ops.total_variation), device, min_run_time)
+            row["eager_ms"] = 1e3 * common.median_seconds(run(reference.total_variation), device, min_run_time)
+            row["speedup_vs_eager"] = row["eager_ms"] / row["interp_ext_ms"]
+            rows.append(row)
+            print(f"[{device} t={threads}] TV fwd+bwd {row['shape']}: interp_ext {row['interp_ext_ms']:.3g} ms, "
+                  f"eager {row['eager_ms']:.3g} ms (x{row['speedup_vs_eager']:.1f})", flush=True)
+    torch.set_num_threads(default_threads)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="small shapes and short runs (smoke test)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    args = p.parse_args(argv)
+    warnings.simplefilter("ignore")
+    cases = [((4, 3, 64, 64), 5), ((4, 3, 64, 64), 9)] if args.quick else CASES
+    min_run_time = 0.05 if args.quick else 0.5
+    blur = blur_rows(args.device, cases, min_run_time)
+    tv = tv_rows(args.device, [(4, 3, 64, 64)] if args.quick else [(8, 3, 224, 224), (64, 3, 224, 224)], min_run_time)
+    payload = {"machine": common.machine(args.device), "build": interp_ext.build_info(), "blur": blur, "tv": tv}
+    names = [k[: -len("_ms")] for k in blur[0] if k.endswith("_ms")]
+    md = "\n\n".join([
+        f"### Gaussian blur, {payload['machine']['device']} ({payload['machine']['cpu']}), torch {payload['machine']['torch']}",
+        common.md_table(blur, ["device", "threads", "shape", "kernel", *[f"{n}_ms" for n in names],
+                               *[k for k in blur[0] if k.startswith("speedup")], "vs_copy"]),
+        "### Total variation, forward + backward",
+        common.md_table(tv, ["device", "threads", "shape", "beta", "interp_ext_ms", "eager_ms", "speedup_vs_eager"]),
+    ])
+    path = common.write("blur", payload, md + "\n", args.out)
+    print(f"wrote {path} and its .json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""Pieces shared by the feature-visualisation methods: the model with its preprocessing,
+pixel bounds, layer objectives and early-stopping forward passes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..attr.cam import resolve_layers
+from ..models import LoadedModel
+
+ModelLike = Union[LoadedModel, nn.Module]
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Preprocessed:
+    """A model and the per-channel normalisation its inputs get (model space = (x - mean) / std
+    of [0, 1] RGB)."""
+
+    model: nn.Module
+    mean: torch.Tensor  # (1, 3, 1, 1)
+    std: torch.Tensor
+    input_size: int
+
+    def to_model(self, x01: torch.Tensor) -> torch.Tensor:
+        return (x01 - self.mean) / self.std
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std + self.mean
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model-space values of pixel 0 and 1, per channel."""
+        return self.to_model(torch.zeros_like(self.mean)), self.to_model(torch.ones_like(self.mean))
+
+
+def preprocessed(model: ModelLike, mean: Optional[Sequence[float]], std: Optional[Sequence[float]], device=None) -> Preprocessed:
+    if isinstance(model, LoadedModel):
+        net, m, s, size = model.model, mean or model.mean, std or model.std, model.input_size
+    elif isinstance(model, nn.Module):
+        net, m, s, size = model, mean or IMAGENET_MEAN, std or IMAGENET_STD, 224
+    else:
+        raise TypeError(f"model must be an nn.Module or a models.LoadedModel, got {type(model).__name__}")
+    p = next(net.parameters(), None)
+    dev = device or (p.device if p is not None else torch.device("cpu"))
+    as_t = lambda v: torch.tensor(list(v), dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+    return Preprocessed(net, as_t(m), as_t(s), size)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the layer that matters has run."""
+
+
+class LayerTap:
+    """Captures one layer's output during a forward pass; with ``stop=True`` the pass ends
+    there (the rest of the network is not computed)."""
+
+    def __init__(self, model: nn.Module, layer, stop: bool = True):
+        (self.name, self.module), = resolve_layers(model, layer)
+        self.model, self.stop, self.output = model, stop, None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        def hook(_module, _inputs, output):
+            self.output = output
+            if self.stop:
+                raise _Stop
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            self.model(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        out, self.output = self.output, None
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"layer {self.name!r} did not produce a tensor in the forward pass")
+        return out
+
+
+@dataclass
+class AscentResult:
+    """What a gradient-ascent visualisation returns."""
+
+    images: torch.Tensor  # (N, 3, H, W) in [0, 1]
+    inputs: torch.Tensor  # the same in model space
+    objective: torch.Tensor  # (steps, N): the objective at every step
+    history: list = field(default_factory=list)  # (step, images in [0, 1] on the CPU) at the chosen steps

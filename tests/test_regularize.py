@@ -1,0 +1,93 @@
+"""regularize_step_: the fused Yosinski et al. step against the reference, each part on
+its own, in place, bad inputs, CUDA."""
+import pytest
+import torch
+from torch.library import opcheck
+
+from interp_ext import ops, reference
+
+SETTINGS = [
+    dict(lr=0.5),
+    dict(lr=1.0, decay=0.1),
+    dict(lr=0.3, grad_percentile=40.0),
+    dict(lr=0.3, norm_percentile=30.0),
+    dict(lr=0.3, contribution_percentile=25.0),
+    dict(lr=0.7, decay=0.05, grad_percentile=10.0, norm_percentile=20.0, contribution_percentile=20.0),
+]
+
+
+@pytest.mark.parametrize("kwargs", SETTINGS)
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_matches_reference(kwargs, dtype, tol):
+    x = torch.randn(3, 3, 9, 11, dtype=dtype)
+    g = torch.randn_like(x)
+    want = reference.regularize_step(x, g, **kwargs)
+    got = x.clone()
+    assert ops.regularize_step_(got, g, **{k: v for k, v in kwargs.items() if k != "lr"}, lr=kwargs["lr"]) is got
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+
+
+def test_each_clip_removes_about_its_percentile():
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 20, 20)
+    g = torch.randn_like(x)
+    out = x.clone()
+    ops.regularize_step_(out, g, lr=0.0, norm_percentile=30.0)
+    zero_pixels = (out.abs().sum(1) == 0).float().mean(dim=(1, 2))
+    assert ((zero_pixels - 0.3).abs() < 0.01).all()
+    out = x.clone()
+    ops.regularize_step_(out, g, lr=1.0, grad_percentile=50.0)
+    moved = (out != x).float().mean()
+    assert abs(float(moved) - 0.5) < 0.01
+
+
+def test_half_precision_and_non_contiguous():
+    x = torch.randn(2, 3, 8, 8)
+    g = torch.randn_like(x)
+    want = reference.regularize_step(x.half().float(), g.half().float(), 0.5, decay=0.1, norm_percentile=20.0)
+    got = x.half()
+    ops.regularize_step_(got, g.half(), 0.5, decay=0.1, norm_percentile=20.0)
+    torch.testing.assert_close(got.double(), want, rtol=2e-3, atol=2e-3)
+    xt = x.transpose(2, 3)  # in place on a non-contiguous view
+    gt = g.transpose(2, 3)
+    want_t = reference.regularize_step(xt, gt, 0.5, decay=0.1)
+    ops.regularize_step_(xt, gt, 0.5, decay=0.1)
+    torch.testing.assert_close(xt.double(), want_t)
+
+
+def test_opcheck():
+    x = torch.randn(2, 3, 5, 6)
+    opcheck(torch.ops.interp_ext.regularize_step_.default, (x, torch.randn_like(x), 0.5, 0.1, 10.0, 20.0, 30.0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(decay=1.0), r"decay must be in \[0, 1\)"),
+        (dict(norm_percentile=100.0), r"norm_percentile must be in \[0, 100\)"),
+        (dict(grad_percentile=-1.0), r"grad_percentile must be in \[0, 100\)"),
+        (dict(lr=float("nan")), "lr must be finite"),
+    ],
+)
+def test_bad_inputs(kwargs, match):
+    x = torch.randn(1, 3, 4, 4)
+    before = x.clone()
+    with pytest.raises(RuntimeError, match=match):
+        ops.regularize_step_(x, torch.randn_like(x), **{"lr": 0.5, **kwargs})
+    assert torch.equal(x, before)  # nothing written
+    with pytest.raises(RuntimeError, match="grad must have x's shape"):
+        ops.regularize_step_(x, torch.randn(1, 3, 4, 5), 0.5)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("kwargs", SETTINGS)
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_cuda_equals_cpu(kwargs, dtype, tol):
+    x = torch.randn(3, 3, 33, 17).to(dtype)
+    g = torch.randn_like(x)
+    want, got = x.clone(), x.cuda()
+    lr = kwargs["lr"]
+    rest = {k: v for k, v in kwargs.items() if k != "lr"}
+    ops.regularize_step_(want, g, lr, **rest)
+    ops.regularize_step_(got, g.cuda(), lr, **rest)
+    torch.testing.assert_close(got.cpu().double(), want.double(), rtol=tol, atol=tol)
