@@ -1,9 +1,10 @@
 """Gaussian blur and total variation: the native ops vs torchvision's ``gaussian_blur``
 (a 2-D depthwise convolution), kornia's ``gaussian_blur2d`` (separable and 2-D),
 ``torch.compile`` of the pure-PyTorch reference and a same-size copy (the bytes floor);
-forward and forward + backward. TV forward + backward vs the eager reference.
+forward and forward + backward. TV forward + backward vs the eager reference. The
+class-visualisation loop with the native regularisers vs the same loop in eager ops.
 
-    python benchmarks/bench_blur.py [--device cpu|cuda] [--quick]
+    python benchmarks/bench_blur.py [--device cpu|cuda] [--quick] [--loop-steps 200]
 """
 from __future__ import annotations
 
@@ -120,18 +121,71 @@ def tv_rows(device: str, shapes, min_run_time: float) -> list[dict]:
     return rows
 
 
+def loop_rows(device: str, steps: int, batch: int, size: int) -> list[dict]:
+    """The class-visualisation loop (jitter, class score gradient, regularised step, blur
+    every 4 steps, clamp) on the bundled model: interp_ext.visualize vs the same loop
+    written with eager ops (reference.regularize_step, torchvision's gaussian_blur)."""
+    import time
+
+    import torchvision.transforms.functional as tvf
+
+    from interp_ext import models, visualize
+
+    loaded = models.load()
+    loaded.model.to(device)
+    targets = list(range(0, 1000, 1000 // batch))[:batch]
+    kw = dict(decay=1e-3, grad_percentile=10.0, norm_percentile=10.0, contribution_percentile=10.0)
+
+    def ours():
+        visualize.class_visualization(loaded, targets, steps=steps, lr=0.1, image_size=size, seed=0, **kw)
+
+    def eager():
+        pre = visualize._common.preprocessed(loaded, None, None)
+        lo, hi = pre.bounds()
+        x = torch.zeros(batch, 3, size, size, device=device)
+        gen = torch.Generator().manual_seed(0)
+        t = torch.tensor(targets, device=device)
+        for step in range(steps):
+            oy, ox = torch.randint(-8, 9, (2,), generator=gen).tolist()
+            xj = x.roll((oy, ox), dims=(2, 3)).requires_grad_(True)
+            obj = loaded.model(xj).gather(1, t[:, None])[:, 0]
+            (g,) = torch.autograd.grad(obj.sum(), xj)
+            g = g.roll((-oy, -ox), dims=(2, 3))
+            g = g / (g.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-12)
+            x = reference.regularize_step(x, g, 0.1, **{"decay": kw["decay"], "grad_percentile": kw["grad_percentile"],
+                                                        "norm_percentile": kw["norm_percentile"],
+                                                        "contribution_percentile": kw["contribution_percentile"]}).float()
+            if (step + 1) % 4 == 0:
+                x = tvf.gaussian_blur(x, [3, 3], [0.5, 0.5])
+            x = torch.maximum(torch.minimum(x, hi), lo)
+
+    rows = []
+    for name, fn in (("interp_ext", ours), ("eager", eager)):
+        start = time.perf_counter()
+        fn()
+        common.sync(device)
+        rows.append((name, time.perf_counter() - start))
+    out = {"device": device, "threads": torch.get_num_threads(), "steps": steps, "batch": batch, "size": size,
+           "interp_ext_s": rows[0][1], "eager_s": rows[1][1], "speedup_vs_eager": rows[1][1] / rows[0][1]}
+    print(f"[{device}] class-visualisation loop, {steps} steps, batch {batch}, {size}px: interp_ext {rows[0][1]:.2f} s, "
+          f"eager {rows[1][1]:.2f} s (x{out['speedup_vs_eager']:.2f})", flush=True)
+    return [out]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="small shapes and short runs (smoke test)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--loop-steps", type=int, default=200, help="steps of the class-visualisation loop (default 200)")
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
     cases = [((4, 3, 64, 64), 5), ((4, 3, 64, 64), 9)] if args.quick else CASES
     min_run_time = 0.05 if args.quick else 0.5
     blur = blur_rows(args.device, cases, min_run_time)
     tv = tv_rows(args.device, [(4, 3, 64, 64)] if args.quick else [(8, 3, 224, 224), (64, 3, 224, 224)], min_run_time)
-    payload = {"machine": common.machine(args.device), "build": interp_ext.build_info(), "blur": blur, "tv": tv}
+    loop = loop_rows(args.device, 4 if args.quick else args.loop_steps, 2 if args.quick else 8, 64 if args.quick else 224)
+    payload = {"machine": common.machine(args.device), "build": interp_ext.build_info(), "blur": blur, "tv": tv, "loop": loop}
     names = [k[: -len("_ms")] for k in blur[0] if k.endswith("_ms")]
     md = "\n\n".join([
         f"### Gaussian blur, {payload['machine']['device']} ({payload['machine']['cpu']}), torch {payload['machine']['torch']}",
@@ -139,6 +193,8 @@ def main(argv=None) -> int:
                                *[k for k in blur[0] if k.startswith("speedup")], "vs_copy"]),
         "### Total variation, forward + backward",
         common.md_table(tv, ["device", "threads", "shape", "beta", "interp_ext_ms", "eager_ms", "speedup_vs_eager"]),
+        "### Class-visualisation loop (bundled EfficientNet-Lite0; regularisers every step, blur every 4)",
+        common.md_table(loop, ["device", "threads", "steps", "batch", "size", "interp_ext_s", "eager_s", "speedup_vs_eager"]),
     ])
     path = common.write("blur", payload, md + "\n", args.out)
     print(f"wrote {path} and its .json")

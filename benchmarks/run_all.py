@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
-SUITE = ("guided_relu", "gradcam", "occlusion")
+SUITE = ("guided_relu", "gradcam", "occlusion", "blur")
 
 
 def recorded(device_name: str, out: Path) -> dict[str, dict]:
@@ -70,6 +70,14 @@ def speedups(results: dict[str, dict]) -> list[dict]:
     for r in results.get("gradcam", {}).get("end_to_end", []):
         add("Grad-CAM e2e", f"{r['model']} b{r['batch']}", "Captum", r.get("speedup_vs_captum"), r["threads"])
         add("Grad-CAM e2e", f"{r['model']} b{r['batch']}", "pytorch-grad-cam", r.get("speedup_vs_pytorch_grad_cam"), r["threads"])
+    for r in results.get("blur", {}).get("blur", []):
+        case = f"{r['shape']} k{r['kernel']}"
+        for peer, label in (("torchvision", "torchvision"), ("kornia_separable", "kornia (separable)")):
+            add("Gaussian blur", case, label, r.get(f"speedup_vs_{peer}"), r["threads"])
+    for r in results.get("blur", {}).get("tv", []):
+        add("TV fwd+bwd", r["shape"], "eager reference", r.get("speedup_vs_eager"), r["threads"])
+    for r in results.get("blur", {}).get("loop", []):
+        add("class-vis loop", f"{r['steps']} steps b{r['batch']}", "eager reference", r.get("speedup_vs_eager"), r["threads"])
     for r in results.get("occlusion", {}).get("occlusion", []):
         add("Occlusion", f"{r['model']} x{r['images']}", "Captum", r.get("speedup"), r["threads"])
     return bars
@@ -82,7 +90,8 @@ def chart(bars: list[dict], title: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     labels = [f"{b['group']}: {b['case']} ({b['threads']} thr) vs {b['against']}" for b in bars]
-    colours = {"eager reference": "#4c72b0", "Captum": "#dd8452", "pytorch-grad-cam": "#55a868"}
+    colours = {"eager reference": "#4c72b0", "Captum": "#dd8452", "pytorch-grad-cam": "#55a868",
+               "torchvision": "#c44e52", "kornia (separable)": "#937860"}
     fig, ax = plt.subplots(figsize=(10, 0.32 * len(bars) + 1.4), dpi=100)
     ax.barh(range(len(bars)), [b["speedup"] for b in bars], color=[colours.get(b["against"], "#8172b3") for b in bars])
     ax.set_yticks(range(len(bars)), labels, fontsize=7)

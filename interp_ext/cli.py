@@ -1,6 +1,7 @@
 """The ``interp-ext`` command.
 
     interp-ext explain INPUTS... [--methods gradcam,saliency,...] [--model NAME] --out DIR
+    interp-ext visualize class|channel|dream|invert|fool ... --out DIR
     interp-ext bench [--quick]
     interp-ext info
 
@@ -43,6 +44,45 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--layer", help="Grad-CAM layer (dotted module name); default: the model's last spatial layer")
     ex.add_argument("--quiet", action="store_true", help="no progress bar or report")
     ex.set_defaults(func=_explain)
+
+    vis = sub.add_parser("visualize", help="feature visualisation: class, channel, dream, invert, fool -> PNGs")
+    kinds = vis.add_subparsers(dest="kind", required=True)
+
+    def common(p: argparse.ArgumentParser, image: bool) -> None:
+        if image:
+            p.add_argument("images", nargs="+", type=Path, help="input image files")
+        p.add_argument("--model", default=job.models.BUNDLED, help="as for explain")
+        p.add_argument("--weights", help="state-dict file for a torchvision architecture")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        p.add_argument("--out", required=True, type=Path, help="output folder")
+        p.add_argument("--steps", type=int, help="optimisation steps (default per kind)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--quiet", action="store_true")
+        p.set_defaults(func=_visualize)
+
+    k = kinds.add_parser("class", help="images that maximise class scores (regularised gradient ascent)")
+    k.add_argument("--target", required=True, help="comma list of class indices")
+    k.add_argument("--size", type=int, default=224)
+    k.add_argument("--lr", type=float, default=0.1)
+    common(k, image=False)
+    k = kinds.add_parser("channel", help="images that maximise a layer's channels (or their centre neuron)")
+    k.add_argument("--layer", required=True)
+    k.add_argument("--channel", required=True, help="comma list of channels")
+    k.add_argument("--neuron", action="store_true", help="the centre neuron instead of the channel mean")
+    k.add_argument("--size", type=int, default=224)
+    k.add_argument("--lr", type=float, default=0.1)
+    common(k, image=False)
+    k = kinds.add_parser("dream", help="DeepDream: amplify what a layer sees in each image")
+    k.add_argument("--layer", required=True)
+    k.add_argument("--octaves", type=int, default=3)
+    common(k, image=True)
+    k = kinds.add_parser("invert", help="reconstruct each image from a layer's features (TV-regularised)")
+    k.add_argument("--layer", required=True)
+    k.add_argument("--tv-weight", type=float, default=1e-3)
+    common(k, image=True)
+    k = kinds.add_parser("fool", help="the smallest sign steps that make the model predict --target-class")
+    k.add_argument("--target-class", type=int, required=True)
+    common(k, image=True)
 
     bench = sub.add_parser("bench", help="run the benchmark suite; write tables, a speed-up chart and BENCHMARKS.md")
     bench.add_argument("--quick", action="store_true", help="small shapes and short runs")
@@ -119,6 +159,76 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _ints(spec: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name} must be a comma list of integers, got {spec!r}") from None
+
+
+def _visualize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """One PNG per result in --out, written atomically; a line per file on stdout."""
+    import torch
+
+    from . import viz, visualize
+
+    try:
+        loaded = job.load_model(args.model, args.weights)
+        device = job.pick_device(args.device)
+        loaded.model.to(device)
+        quiet = args.quiet
+        written = []
+
+        def save(images01: "torch.Tensor", names: list[str]) -> None:
+            for img, name in zip(images01, names):
+                pic = viz.to_pil(img)
+                written.append(viz.save_png(pic, args.out / f"{name}.png"))
+
+        def load(paths: list[Path]) -> "torch.Tensor":
+            missing = [str(p) for p in paths if not p.is_file()]
+            if missing:
+                raise ValueError(f"images: no such file {', '.join(missing)}")
+            crops = [loaded.crop(job.read_image(p, loaded.resize_size)) for p in paths]
+            return torch.stack([job.models.to_unit_tensor(c) for c in crops]).to(device)
+
+        if args.kind in ("class", "channel"):
+            kw = dict(steps=args.steps or 200, lr=args.lr, image_size=args.size, seed=args.seed, show_progress=not quiet)
+            if args.kind == "class":
+                targets = _ints(args.target, "--target")
+                res = visualize.class_visualization(loaded, targets, **kw)
+                save(res.images, [f"class_{t}_{loaded.categories[t].replace(' ', '_')}" if t < len(loaded.categories) else f"class_{t}"
+                                  for t in targets])
+            else:
+                channels = _ints(args.channel, "--channel")
+                res = visualize.class_visualization(loaded, layer=args.layer, channel=channels,
+                                                    neuron="center" if args.neuron else None, **kw)
+                save(res.images, [f"channel_{args.layer}_{c}" for c in channels])
+        else:
+            x = load(args.images)
+            stems = [p.stem for p in args.images]
+            if args.kind == "dream":
+                res = visualize.deep_dream(loaded, x, args.layer, steps=args.steps or 20, octaves=args.octaves,
+                                           seed=args.seed, show_progress=not quiet)
+                save(res.images, [f"dream_{s}" for s in stems])
+            elif args.kind == "invert":
+                res = visualize.invert_features(loaded, x, args.layer, steps=args.steps or 200, tv_weight=args.tv_weight,
+                                                seed=args.seed, show_progress=not quiet)
+                save(res.images, [f"invert_{s}" for s in stems])
+            else:
+                res = visualize.fooling_image(loaded, x, args.target_class, max_steps=args.steps or 100,
+                                              show_progress=not quiet)
+                save(res.images, [f"fool_{s}" for s in stems])
+                for s, ok, st, linf in zip(stems, res.fooled.tolist(), res.steps.tolist(), res.linf.tolist()):
+                    print(f"{s}: {'fooled' if ok else 'not fooled'} after {st} steps, L-inf {linf * 255:.2f}/255")
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        print(f"interp-ext visualize: error: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        for path in written:
+            print(path)
+    return 0
 
 
 def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

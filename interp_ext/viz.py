@@ -52,6 +52,12 @@ def gradient_image(grad: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
+def to_pil(image01: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [0, 1] -> RGB PIL image."""
+    arr = (image01.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)
+
+
 def save_png(image: Image.Image, path: Union[str, Path]) -> Path:
     """Write atomically: a temporary name, then a rename, so no half-written file remains."""
     path = Path(path)

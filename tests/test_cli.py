@@ -245,3 +245,34 @@ def test_gallery_renders_in_headless_chromium(folder, tmp_path):
                           "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     images = 3 * 4  # input + 2 methods for 4 images
     assert f"<title>loaded {images} of {images}</title>" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "kind, extra, names",
+    [
+        ("class", ["--target", "985,1", "--size", "64", "--steps", "3"], ["class_985_daisy.png", "class_1_goldfish.png"]),
+        ("channel", ["--layer", "_blocks.4", "--channel", "2", "--size", "64", "--steps", "3"], ["channel__blocks.4_2.png"]),
+        ("dream", ["IMAGE", "--layer", "_blocks.4", "--octaves", "1", "--steps", "2"], ["dream_flower.png"]),
+        ("invert", ["IMAGE", "--layer", "_blocks.2", "--steps", "3"], ["invert_flower.png"]),
+        ("fool", ["IMAGE", "--target-class", "1", "--steps", "2"], ["fool_flower.png"]),
+    ],
+)
+def test_visualize_commands_write_pngs(folder, tmp_path, capsys, kind, extra, names):
+    out = tmp_path / "vis"
+    args = [str(folder / "flower.jpg") if a == "IMAGE" else a for a in extra]
+    assert cli.main(["visualize", kind, *args, "--out", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(names)
+    with Image.open(out / names[0]) as im:
+        assert im.mode == "RGB"
+    if kind == "fool":
+        assert "flower:" in capsys.readouterr().out
+
+
+def test_visualize_bad_arguments(tmp_path, capsys):
+    assert cli.main(["visualize", "class", "--target", "a,b", "--out", str(tmp_path / "v")]) == 2
+    assert "--target must be a comma list of integers" in capsys.readouterr().err
+    assert cli.main(["visualize", "dream", str(tmp_path / "none.jpg"), "--layer", "_blocks.4", "--out", str(tmp_path / "v")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert cli.main(["visualize", "channel", "--layer", "_blocks.99", "--channel", "1", "--out", str(tmp_path / "v"),
+                     "--steps", "1"]) == 2
+    assert not (tmp_path / "v").exists()
