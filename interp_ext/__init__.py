@@ -13,8 +13,8 @@ from . import ops
 from ._build import build_info
 from . import attr
 from .attr import *  # noqa: F401,F403  (the methods, listed in attr.__all__)
-from . import visualize
+from . import features, visualize
 
 __version__ = "0.1.0"
 
-__all__ = [*attr.__all__, "__version__", "build_info", "ops", "visualize"]
+__all__ = [*attr.__all__, "__version__", "build_info", "features", "ops", "visualize"]

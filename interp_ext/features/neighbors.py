@@ -1,0 +1,65 @@
+"""Exact k-nearest neighbours on the device, in chunks: never the full Q x M distance
+matrix in memory at once."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Metric = Literal["l2", "cosine"]
+
+
+def _as_matrix(name: str, t: torch.Tensor) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() < 2:
+        raise ValueError(f"{name} must be a floating-point (N, ...) tensor, got {getattr(t, 'shape', type(t).__name__)}")
+    return t.flatten(1)
+
+
+def nearest_neighbors(
+    query_features: torch.Tensor,
+    database_features: torch.Tensor,
+    k: int,
+    metric: Metric = "l2",
+    *,
+    query_chunk: int = 1024,
+    database_chunk: int = 8192,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest database rows of every query row: ``(distances, indices)``, each
+    ``(Q, k)``, nearest first. ``metric``: ``"l2"`` (Euclidean distance) or ``"cosine"``
+    (1 - cosine similarity), as scikit-learn's ``NearestNeighbors``. Features of any shape
+    are flattened per row. Work runs on the query's device in blocks of
+    ``query_chunk x database_chunk`` distances, keeping a running top-k per query."""
+    q = _as_matrix("query_features", query_features)
+    db = _as_matrix("database_features", database_features).to(device=q.device, dtype=q.dtype)
+    if q.shape[1] != db.shape[1]:
+        raise ValueError(f"query and database features must have the same size per row, got {q.shape[1]} and {db.shape[1]}")
+    if not isinstance(k, int) or not 1 <= k <= db.shape[0]:
+        raise ValueError(f"k must be in [1, {db.shape[0]}] (the database size), got {k!r}")
+    if metric not in ("l2", "cosine"):
+        raise ValueError(f'metric must be "l2" or "cosine", got {metric!r}')
+    if query_chunk < 1 or database_chunk < 1:
+        raise ValueError("query_chunk and database_chunk must be positive")
+    if metric == "cosine":
+        q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        db = db / db.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    db_sq = db.square().sum(1)
+    all_d, all_i = [], []
+    for qs in range(0, q.shape[0], query_chunk):
+        qc = q[qs : qs + query_chunk]
+        q_sq = qc.square().sum(1, keepdim=True)
+        best_d = torch.full((qc.shape[0], 0), float("inf"), dtype=q.dtype, device=q.device)
+        best_i = torch.empty((qc.shape[0], 0), dtype=torch.long, device=q.device)
+        for ds in range(0, db.shape[0], database_chunk):
+            block = db[ds : ds + database_chunk]
+            dots = qc @ block.t()
+            if metric == "l2":
+                d = (q_sq - 2 * dots + db_sq[ds : ds + database_chunk]).clamp_min(0)  # squared, sqrt at the end
+            else:
+                d = 1 - dots
+            idx = torch.arange(ds, ds + block.shape[0], device=q.device).expand(qc.shape[0], -1)
+            cand_d, cand_i = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
+            keep = cand_d.topk(min(k, cand_d.shape[1]), dim=1, largest=False, sorted=True)
+            best_d, best_i = keep.values, cand_i.gather(1, keep.indices)
+        all_d.append(best_d.sqrt() if metric == "l2" else best_d)
+        all_i.append(best_i)
+    return torch.cat(all_d), torch.cat(all_i)
