@@ -104,3 +104,92 @@ def test_embeddings_and_canvas():
     assert tuple(canvas[190, 5]) == (255, 0, 0) and tuple(canvas[5, 190]) == (0, 0, 255)
     with pytest.raises(ValueError, match=r"positions must be \(N, 2\)"):
         features.embedding_plot(pts, [red])
+
+
+# ---- receptive fields and top patches -------------------------------------------------------
+
+
+def _linearised(model):
+    """The same geometry with every path linear and dense: ReLUs -> identity, max pools ->
+    average pools, so a gradient reaches every pixel of the receptive field."""
+    import copy
+
+    m = copy.deepcopy(model)
+    for name, child in list(m.named_modules()):
+        for attr, sub in list(child.named_children()):
+            if isinstance(sub, nn.ReLU):
+                setattr(child, attr, nn.Identity())
+            elif isinstance(sub, nn.MaxPool2d):
+                setattr(child, attr, nn.AvgPool2d(sub.kernel_size, sub.stride, sub.padding))
+    return m.eval()
+
+
+def _probe_box(model, layer, size, y, x):
+    """Bounding box of the input pixels with a non-zero gradient of output (y, x)."""
+    inp = torch.randn(1, 3, size, size, dtype=torch.float64, requires_grad=True)
+    out = features.capture(model.double(), layer, inp.detach())  # shape only
+    act = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, o: act.setdefault("o", o))
+    model(inp)
+    handle.remove()
+    act["o"][0, :, y, x].sum().backward()
+    nz = inp.grad[0].abs().sum(0).nonzero()
+    return int(nz[:, 0].min()), int(nz[:, 0].max()) + 1, int(nz[:, 1].min()), int(nz[:, 1].max()) + 1
+
+
+def _vgg_like():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 6, 5, dilation=2, padding=4), nn.ReLU()).eval()
+
+
+@pytest.mark.parametrize("kind, layer, size", [("vgg", "9", 40), ("vgg", "4", 24), ("resnet", "layer2", 64),
+                                               ("resnet", "layer1.1", 48), ("resnet", "maxpool", 32)])
+def test_receptive_field_equals_a_gradient_probe(kind, layer, size):
+    if kind == "vgg":
+        model = _vgg_like()
+    else:
+        torchvision = pytest.importorskip("torchvision")
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(weights=None).eval()
+    rf = features.receptive_field(model, layer, size)
+    lin = _linearised(model).double()
+    with torch.no_grad():
+        h, w = features.capture(lin, layer, torch.zeros(1, 3, size, size, dtype=torch.float64))[layer].shape[2:]
+    for y, x in {(0, 0), (h // 2, w // 2), (h - 1, w - 1), (0, w - 1)}:
+        assert rf.box(y, x) == _probe_box(lin, layer, size, y, x), (y, x)
+
+
+def test_receptive_field_of_the_bundled_model_and_errors():
+    from interp_ext import models
+
+    bundled = models.load()
+    rf = features.receptive_field(bundled.model, "_conv_stem", 224)
+    assert (rf.rows.jump, rf.rows.size) == (2, 3)
+    deep = features.receptive_field(bundled.model, "_blocks.15", 224)
+    assert deep.rows.jump == 32 and deep.rows.size > 200
+    with pytest.raises(ValueError, match="no fixed receptive field"):
+        features.receptive_field(bundled.model, "_fc", 224)
+
+
+def test_streaming_top_k_equals_top_k_of_all_activations():
+    model = _vgg_like()
+    torch.manual_seed(1)
+    images = [torch.rand(3, 24, 24) for _ in range(13)]
+    # the convolution before the ReLU: no ties among the top values (a dead ReLU channel is all zeros)
+    res = features.top_activating_patches(model, "5", [0, 3, 5], images, k=4, batch_size=5)
+    acts = features.capture(model, "5", torch.stack(images))["5"]  # (13, 6, 12, 12)
+    for row, c in enumerate([0, 3, 5]):
+        flat = acts[:, c].flatten()
+        top = flat.topk(4)
+        torch.testing.assert_close(res.values[row], top.values)
+        assert res.image_indices[row].tolist() == (top.indices // 144).tolist()
+        assert res.positions[row].tolist() == [[int(i % 144) // 12, int(i % 144) % 12] for i in top.indices]
+    rf = features.receptive_field(model, "5", 24)
+    y0, y1, x0, x1 = res.boxes[0, 0].tolist()
+    assert (y0, y1, x0, x1) == rf.box(*res.positions[0, 0].tolist())
+    assert res.patches[0][0].shape == (3, y1 - y0, x1 - x0)
+    assert torch.equal(res.patches[0][0], images[int(res.image_indices[0, 0])][:, y0:y1, x0:x1])
+    grid = res.grid(size=16, padding=1)
+    assert grid.size == (4 * 17 + 1, 3 * 17 + 1)
