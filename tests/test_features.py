@@ -193,3 +193,57 @@ def test_streaming_top_k_equals_top_k_of_all_activations():
     assert torch.equal(res.patches[0][0], images[int(res.image_indices[0, 0])][:, y0:y1, x0:x1])
     grid = res.grid(size=16, padding=1)
     assert grid.size == (4 * 17 + 1, 3 * 17 + 1)
+
+
+# ---- TCAV -----------------------------------------------------------------------------------
+
+
+class Planted(nn.Module):
+    """A class logit that depends on a known direction v of the "feat" layer's output
+    (plus a quadratic term along u, orthogonal to v, so gradients vary per example)."""
+
+    def __init__(self, v, u):
+        super().__init__()
+        self.feat = nn.Identity()
+        self.v, self.u = v, u
+
+    def forward(self, x):
+        a = self.feat(x).flatten(1)
+        logit = a @ self.v + 0.5 * (a @ self.u) ** 2
+        return torch.stack([logit, -logit], 1)
+
+
+def test_tcav_planted_concept_scores_near_one_and_is_significant():
+    pytest.importorskip("scipy")
+    gen = torch.Generator().manual_seed(0)
+    d = 3 * 4 * 4
+    v = torch.randn(d, generator=gen)
+    v /= v.norm()
+    u = torch.randn(d, generator=gen)
+    u -= (u @ v) * v
+    u /= u.norm()
+    model = Planted(v, u).eval()
+    noise = lambda n: torch.randn(n, 3, 4, 4, generator=gen)
+    concept = noise(40) + 3 * v.view(1, 3, 4, 4)  # the concept: activations along v
+    randoms = [noise(40) for _ in range(6)]
+    class_inputs = noise(60)
+    res = features.TCAV(model, "feat", batch_size=16).interpret(class_inputs, 0, concept, randoms)["feat"]
+    assert res.score > 0.95 and res.significant and res.cav_accuracy > 0.9
+    # a random "concept" is not significant
+    fake = features.TCAV(model, "feat").interpret(class_inputs, 0, noise(40), randoms)["feat"]
+    assert not fake.significant
+    assert 0 < np.mean(fake.random_scores) < 1
+
+
+def test_tcav_directional_derivatives_are_batched_gradients():
+    model = _vgg_like()
+    x = torch.randn(5, 3, 16, 16)
+    tcav = features.TCAV(model, "4", batch_size=2)
+    cav = np.random.default_rng(0).standard_normal(4 * 8 * 8)
+    got = tcav.scores("4", x, lambda out: out.sum((1, 2, 3)), [cav])[0]
+    with torch.no_grad():
+        a = model[:5](x)
+    a.requires_grad_(True)
+    (g,) = torch.autograd.grad(model[5:](a).sum(), a)
+    want = float((g.flatten(1).numpy() @ cav > 0).mean())
+    assert got == want
