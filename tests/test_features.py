@@ -247,3 +247,59 @@ def test_tcav_directional_derivatives_are_batched_gradients():
     (g,) = torch.autograd.grad(model[5:](a).sum(), a)
     want = float((g.flatten(1).numpy() @ cav > 0).mean())
     assert got == want
+
+
+# ---- large databases, neighbour pictures, GrabCut ----------------------------------------------
+
+
+def _clustered(n, d, centres=20, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    c = torch.randn(centres, d, generator=gen) * 4
+    return c[torch.randint(0, centres, (n,), generator=gen)] + torch.randn(n, d, generator=gen)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_flat_index_equals_exact_search(metric):
+    pytest.importorskip("faiss")
+    db, q = _clustered(500, 32), _clustered(20, 32, seed=1)
+    d, i = features.build_index(db, "flat", metric).search(q, 5)
+    want_d, want_i = features.nearest_neighbors(q, db, 5, metric)
+    assert torch.equal(i, want_i)
+    torch.testing.assert_close(d, want_d, rtol=1e-4, atol=1e-4)
+
+
+def test_ivfpq_recall_against_exact_search():
+    pytest.importorskip("faiss")
+    db, q = _clustered(4000, 32), _clustered(50, 32, seed=1)
+    exact = features.nearest_neighbors(q, db, 10)[1]
+    index = features.build_index(db, "ivfpq", nlist=32, m=8, nbits=8, nprobe=8)
+    d, i = index.search(q, 10)
+    assert d.shape == i.shape == (50, 10) and (d[:, 1:] >= d[:, :-1] - 1e-4).all()
+    assert features.recall_at_k(i, exact) > 0.5
+    assert features.recall_at_k(exact, exact) == 1.0
+    with pytest.raises(ValueError, match="divisible by m"):
+        features.build_index(db[:, :30], "ivfpq", m=8)
+
+
+def test_neighbors_grid_layout():
+    imgs = torch.rand(6, 3, 10, 10)
+    grid = features.neighbors_grid(imgs[:2], imgs, torch.tensor([[0, 3, 4], [1, 5, 2]]), size=20, padding=2)
+    assert grid.size == (4 * 22 + 2 * 2 + 2, 2 * 22 + 2)
+
+
+def test_grabcut_from_a_rough_saliency_map():
+    pytest.importorskip("cv2")
+    gen = torch.Generator().manual_seed(0)
+    h = w = 96
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    disc = ((yy - 40) ** 2 + (xx - 52) ** 2) < 22**2
+    image = torch.stack([disc * 0.85 + 0.05, 0.2 + 0.1 * torch.rand(h, w, generator=gen), (~disc) * 0.8 + 0.1]).float()
+    rough = ((yy - 44) ** 2 + (xx - 48) ** 2 < 26**2).float()  # shifted, too big: a saliency map's imprecision
+    from interp_ext import ops
+
+    saliency = ops.gaussian_blur(rough[None, None], 6.0)[0, 0]
+    mask, overlay = features.saliency_segmentation(image, saliency)
+    iou = (mask & disc).sum() / (mask | disc).sum()
+    assert iou > 0.9 and overlay.size == (w, h)
+    with pytest.raises(ValueError, match="constant"):
+        features.saliency_segmentation(image, torch.zeros(h, w))

@@ -1,25 +1,33 @@
 """What has the model learned: filter and activation pictures, layer activations of whole
 datasets, receptive fields and maximally activating patches, exact nearest neighbours in
-feature space, 2-D embeddings, TCAV."""
+feature space (exact, or FAISS for large databases), saliency-seeded GrabCut segmentation,
+2-D embeddings, TCAV."""
 from .activations import activation_grid, capture, extract_features, filter_grid
 from .embedding import embed, embedding_plot
-from .neighbors import nearest_neighbors
+from .index import FeatureIndex, build_index, recall_at_k
+from .neighbors import nearest_neighbors, neighbors_grid
+from .segmentation import saliency_segmentation
 from .receptive_field import ReceptiveField, TopPatches, receptive_field, top_activating_patches
 from .tcav import TCAV, LayerTCAV, train_cav
 
 __all__ = [
+    "FeatureIndex",
     "LayerTCAV",
     "ReceptiveField",
     "TCAV",
     "TopPatches",
     "activation_grid",
+    "build_index",
     "capture",
     "embed",
     "embedding_plot",
     "extract_features",
     "filter_grid",
     "nearest_neighbors",
+    "neighbors_grid",
+    "recall_at_k",
     "receptive_field",
+    "saliency_segmentation",
     "top_activating_patches",
     "train_cav",
 ]

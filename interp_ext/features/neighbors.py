@@ -63,3 +63,25 @@ def nearest_neighbors(
         all_d.append(best_d.sqrt() if metric == "l2" else best_d)
         all_i.append(best_i)
     return torch.cat(all_d), torch.cat(all_i)
+
+
+def neighbors_grid(query_images: torch.Tensor, database_images: torch.Tensor, indices: torch.Tensor, *,
+                   size: int = 96, padding: int = 4):
+    """One row per query: the query image, a gap, then its neighbours nearest first.
+    Images are (N, 3, H, W) in [0, 1]."""
+    from PIL import Image
+
+    k = indices.shape[1]
+    width = (k + 1) * (size + padding) + 2 * padding + padding
+    canvas = Image.new("RGB", (width, len(query_images) * (size + padding) + padding), "white")
+
+    def tile(img):
+        arr = (img.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(arr).resize((size, size), Image.BILINEAR)
+
+    for r, (q, row) in enumerate(zip(query_images, indices.tolist())):
+        y = padding + r * (size + padding)
+        canvas.paste(tile(q), (padding, y))
+        for c, j in enumerate(row):
+            canvas.paste(tile(database_images[j]), (3 * padding + (c + 1) * (size + padding), y))
+    return canvas
