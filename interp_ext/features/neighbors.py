@@ -42,25 +42,28 @@ def nearest_neighbors(
     if metric == "cosine":
         q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
         db = db / db.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    # Rank by ||d||^2 - 2 q.d (l2) or -q.d (cosine): one fused matmul per block; the
+    # per-query constant and the square root are applied to the k survivors only.
     db_sq = db.square().sum(1)
     all_d, all_i = [], []
     for qs in range(0, q.shape[0], query_chunk):
         qc = q[qs : qs + query_chunk]
-        q_sq = qc.square().sum(1, keepdim=True)
-        best_d = torch.full((qc.shape[0], 0), float("inf"), dtype=q.dtype, device=q.device)
+        best_d = torch.empty((qc.shape[0], 0), dtype=q.dtype, device=q.device)
         best_i = torch.empty((qc.shape[0], 0), dtype=torch.long, device=q.device)
         for ds in range(0, db.shape[0], database_chunk):
             block = db[ds : ds + database_chunk]
-            dots = qc @ block.t()
             if metric == "l2":
-                d = (q_sq - 2 * dots + db_sq[ds : ds + database_chunk]).clamp_min(0)  # squared, sqrt at the end
+                d = torch.addmm(db_sq[ds : ds + database_chunk].unsqueeze(0), qc, block.t(), alpha=-2)
             else:
-                d = 1 - dots
+                d = torch.mm(qc, block.t()).neg_()
             idx = torch.arange(ds, ds + block.shape[0], device=q.device).expand(qc.shape[0], -1)
             cand_d, cand_i = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
             keep = cand_d.topk(min(k, cand_d.shape[1]), dim=1, largest=False, sorted=True)
             best_d, best_i = keep.values, cand_i.gather(1, keep.indices)
-        all_d.append(best_d.sqrt() if metric == "l2" else best_d)
+        if metric == "l2":
+            all_d.append((best_d + qc.square().sum(1, keepdim=True)).clamp_min(0).sqrt())
+        else:
+            all_d.append(1 + best_d)
         all_i.append(best_i)
     return torch.cat(all_d), torch.cat(all_i)
 
