@@ -54,6 +54,20 @@ def _objective(pre, target, layer, channel, neuron, batch: int) -> Callable[[tor
     return activation
 
 
+def _jittered_ascent_direction(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, jitter: int,
+                               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of ``objective(x)`` (N,) at a randomly rolled copy of x, rolled back
+    and divided by its mean magnitude per image (so a step size is in input units); and
+    the objective's value."""
+    oy, ox = torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist() if jitter > 0 else (0, 0)
+    xj = x.roll((oy, ox), dims=(2, 3)).detach().requires_grad_(True)
+    with torch.enable_grad():
+        obj = objective(xj)
+        (grad,) = torch.autograd.grad(obj.sum(), xj)
+    grad = grad.roll((-oy, -ox), dims=(2, 3))
+    return grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-12), obj.detach()
+
+
 def class_visualization(
     model: ModelLike,
     target: Optional[Target] = None,
@@ -114,13 +128,7 @@ def class_visualization(
     lo, hi = pre.bounds()
     trace, history = [], []
     for step in tqdm(range(steps), desc="class visualisation", disable=not show_progress):
-        oy, ox = (torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist() if jitter > 0 else (0, 0))
-        xj = x.roll((oy, ox), dims=(2, 3)).detach().requires_grad_(True)
-        with torch.enable_grad():
-            obj = objective_fn(xj)
-            (grad,) = torch.autograd.grad(obj.sum(), xj)
-        grad = grad.roll((-oy, -ox), dims=(2, 3))
-        grad = grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-12)
+        grad, obj = _jittered_ascent_direction(objective_fn, x, jitter, gen)
         ops.regularize_step_(x, grad, lr, decay=decay, grad_percentile=grad_percentile,
                              norm_percentile=norm_percentile, contribution_percentile=contribution_percentile)
         if blur_every > 0 and (step + 1) % blur_every == 0:
@@ -175,14 +183,9 @@ def deep_dream(
         detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
         x = octave_base + detail
         for _ in range(steps):
-            oy, ox = torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist() if jitter > 0 else (0, 0)
-            xj = x.roll((oy, ox), dims=(2, 3)).detach().requires_grad_(True)
-            with torch.enable_grad():
-                act = tap(xj)
-                (grad,) = torch.autograd.grad(act, xj, grad_outputs=act.detach())  # d(|act|^2 / 2) / dx
-            grad = grad.roll((-oy, -ox), dims=(2, 3))
-            x = x + lr * grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-12)
-            x = torch.maximum(torch.minimum(x, hi), lo)
-            trace.append(act.detach().flatten(1).norm(dim=1))
+            # half the squared norm: its gradient is the layer's own activation sent back
+            grad, half_sq = _jittered_ascent_direction(lambda t: 0.5 * tap(t).flatten(1).square().sum(1), x, jitter, gen)
+            x = torch.maximum(torch.minimum(x + lr * grad, hi), lo)
+            trace.append((2 * half_sq).sqrt())
         detail = x - octave_base
     return AscentResult(pre.to_pixels(x).clamp(0, 1).detach(), x.detach(), torch.stack(trace), [])
