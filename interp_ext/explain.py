@@ -511,8 +511,9 @@ def run(prep: Prepared, images: Optional[Sequence[InputImage]] = None) -> dict:
                 bar.update(1)
                 continue
             batch_images.append(image)
-            crops.append(loaded.crop(pil))
-            tensors.append(loaded.preprocess(pil))
+            crop = loaded.crop(pil)  # what preprocess would compute, done once
+            crops.append(crop)
+            tensors.append(loaded.normalize(models.to_unit_tensor(crop)))
         if not batch_images:
             continue
         x = torch.stack(tensors).to(prep.device)
