@@ -9,6 +9,7 @@ class-visualisation loop with the native regularisers vs the same loop in eager 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -71,6 +72,12 @@ def blur_rows(device: str, cases, min_run_time: float) -> list[dict]:
 
             row["copy_ms"] = 1e3 * common.median_seconds(copy, device, min_run_time)
 
+            def into_buffer():  # out=: what a loop that reuses its buffer pays
+                x, buf = nxt()
+                ops.gaussian_blur(x, SIGMA[kernel], kernel, out=buf)
+
+            row["interp_ext_out_ms"] = 1e3 * common.median_seconds(into_buffer, device, min_run_time)
+
             def fwd_bwd(fn):
                 def run():
                     x = nxt()[0].requires_grad_(True)
@@ -86,8 +93,10 @@ def blur_rows(device: str, cases, min_run_time: float) -> list[dict]:
             if "torchvision_fwd_bwd_ms" in row:
                 row["speedup_fwd_bwd_vs_torchvision"] = row["torchvision_fwd_bwd_ms"] / row["interp_ext_fwd_bwd_ms"]
             row["vs_copy"] = row["interp_ext_ms"] / row["copy_ms"]
+            row["out_vs_copy"] = row["interp_ext_out_ms"] / row["copy_ms"]
             rows.append(row)
-            print(f"[{device} t={threads}] blur {row['shape']} k{kernel}: interp_ext {row['interp_ext_ms']:.3g} ms, "
+            print(f"[{device} t={threads}] blur {row['shape']} k{kernel}: interp_ext {row['interp_ext_ms']:.3g} ms "
+                  f"(out= {row['interp_ext_out_ms']:.3g} ms), "
                   + ", ".join(f"{n} x{row[f'speedup_vs_{n}']:.1f}" for n in fns if n != "interp_ext")
                   + f", copy {row['copy_ms']:.3g} ms (x{row['vs_copy']:.2f} of copy)", flush=True)
     torch.set_num_threads(default_threads)
@@ -185,12 +194,18 @@ def main(argv=None) -> int:
     blur = blur_rows(args.device, cases, min_run_time)
     tv = tv_rows(args.device, [(4, 3, 64, 64)] if args.quick else [(8, 3, 224, 224), (64, 3, 224, 224)], min_run_time)
     loop = loop_rows(args.device, 4 if args.quick else args.loop_steps, 2 if args.quick else 8, 64 if args.quick else 224)
-    payload = {"machine": common.machine(args.device), "build": interp_ext.build_info(), "blur": blur, "tv": tv, "loop": loop}
+    # PyTorch's own allocations get huge pages only under THP_MEM_ALLOC_ENABLE=1; the
+    # native blur asks for them for its output either way (see csrc/cpu/huge_pages.h).
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
+    payload = {"machine": common.machine(args.device), "build": interp_ext.build_info(), "THP_MEM_ALLOC_ENABLE": thp,
+               "blur": blur, "tv": tv, "loop": loop}
     names = [k[: -len("_ms")] for k in blur[0] if k.endswith("_ms")]
     md = "\n\n".join([
-        f"### Gaussian blur, {payload['machine']['device']} ({payload['machine']['cpu']}), torch {payload['machine']['torch']}",
+        f"### Gaussian blur, {payload['machine']['device']} ({payload['machine']['cpu']}), torch {payload['machine']['torch']}, "
+        f"THP_MEM_ALLOC_ENABLE={thp}",
         common.md_table(blur, ["device", "threads", "shape", "kernel", *[f"{n}_ms" for n in names],
-                               *[k for k in blur[0] if k.startswith("speedup")], "vs_copy"]),
+                               *[k for k in blur[0] if k.startswith("speedup")], "vs_copy",
+                               "out_vs_copy"]),
         "### Total variation, forward + backward",
         common.md_table(tv, ["device", "threads", "shape", "beta", "interp_ext_ms", "eager_ms", "speedup_vs_eager"]),
         "### Class-visualisation loop (bundled EfficientNet-Lite0; regularisers every step, blur every 4)",

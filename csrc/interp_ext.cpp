@@ -67,6 +67,10 @@ TORCH_LIBRARY(interp_ext, m) {
   // (float64 for float64 x, else float32); output i reads input i + t - (k-1)/2 with the
   // border read as "reflect" (no edge repeat), "replicate" or "zeros".
   m.def("separable_filter(Tensor x, Tensor taps_h, Tensor taps_w, str padding=\"reflect\") -> Tensor");
+  // Into a buffer of x's shape and dtype (reused across calls; it may be x itself).
+  m.def(
+      "separable_filter.out(Tensor x, Tensor taps_h, Tensor taps_w, str padding=\"reflect\", *, Tensor(a!) out) "
+      "-> ()");
   // Its exact adjoint (the gradient with respect to x), borders included.
   m.def("separable_filter_backward(Tensor grad, Tensor taps_h, Tensor taps_w, str padding=\"reflect\") -> Tensor");
   // Total variation (Mahendran & Vedaldi) per sample, (N,): sum over channels and pixels
@@ -103,7 +107,7 @@ TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
                            "saliency_reduce", "gradcam", "cam", "occlusion_batch",
                            "occlusion_batch.out", "occlusion_batch_at", "occlusion_batch_at.out",
                            "occlusion_accumulate", "feature_batch",
-                           "feature_batch.out", "separable_filter", "separable_filter_backward",
+                           "feature_batch.out", "separable_filter", "separable_filter.out", "separable_filter_backward",
                            "total_variation", "total_variation_backward", "regularize_step_"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cuda_not_compiled>());
   }

@@ -250,6 +250,15 @@ def _separable_filter_fake(x, taps_h, taps_w, padding="reflect"):
     return _separable_filter_fake_checks("separable_filter", x, taps_h, taps_w, padding)
 
 
+@torch.library.register_fake("interp_ext::separable_filter.out")
+def _separable_filter_out_fake(x, taps_h, taps_w, padding="reflect", *, out):
+    _separable_filter_fake_checks("separable_filter", x, taps_h, taps_w, padding)
+    torch._check(
+        out.shape == x.shape and out.dtype == x.dtype,
+        lambda: f"separable_filter: out must have shape {list(x.shape)} and dtype {x.dtype}, got {list(out.shape)} {out.dtype}",
+    )
+
+
 @torch.library.register_fake("interp_ext::separable_filter_backward")
 def _separable_filter_backward_fake(grad, taps_h, taps_w, padding="reflect"):
     return _separable_filter_fake_checks("separable_filter_backward", grad, taps_h, taps_w, padding)

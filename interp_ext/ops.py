@@ -233,6 +233,8 @@ def gaussian_blur(
     sigma: SigmaLike,
     kernel_size: Union[None, int, Sequence[int]] = None,
     padding: Padding = "reflect",
+    *,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Gaussian blur of ``x (N, C, H, W)``, separable and fused in one native pass.
 
@@ -244,6 +246,9 @@ def gaussian_blur(
     ``padding``: ``"reflect"`` (torchvision's; mirrored periodically when the kernel is
     wider than the image, where torchvision raises), ``"replicate"`` or ``"zeros"``.
     Differentiable in ``x``; the backward is the exact adjoint, borders included.
+    ``out=``: a buffer of ``x``'s shape and dtype to write into and return (reused across
+    the steps of a loop it saves a fresh allocation per call; it may be ``x`` itself, for
+    an in-place blur); not differentiable.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x must be an (N, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
@@ -257,14 +262,27 @@ def gaussian_blur(
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     taps_h = gaussian_taps(s[:, 0], sizes[0]).to(compute)
     taps_w = gaussian_taps(s[:, 1], sizes[1]).to(compute)
-    return separable_filter(x, taps_h, taps_w, padding)
+    return separable_filter(x, taps_h, taps_w, padding, out=out)
 
 
-def separable_filter(x: torch.Tensor, taps_h: torch.Tensor, taps_w: torch.Tensor, padding: Padding = "reflect") -> torch.Tensor:
+def separable_filter(
+    x: torch.Tensor,
+    taps_h: torch.Tensor,
+    taps_w: torch.Tensor,
+    padding: Padding = "reflect",
+    *,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """``x (N, C, H, W)`` filtered along H by ``taps_h`` and along W by ``taps_w``, each
     ``(1 or N, k)`` (float64 for float64 ``x``, else float32); output ``i`` reads input
-    ``i + t - (k - 1) // 2``. Differentiable in ``x`` (native adjoint)."""
-    return _ops.separable_filter.default(x, taps_h, taps_w, padding)
+    ``i + t - (k - 1) // 2``. Differentiable in ``x`` (native adjoint), except into
+    ``out=`` (a buffer of ``x``'s shape and dtype; it may be ``x``)."""
+    if out is None:
+        return _ops.separable_filter.default(x, taps_h, taps_w, padding)
+    if torch.is_grad_enabled() and (x.requires_grad or out.requires_grad):
+        raise ValueError("out= is not differentiable: pass no out (or run under torch.no_grad()) when x requires grad")
+    _ops.separable_filter.out(x, taps_h, taps_w, padding, out=out)
+    return out
 
 
 def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:

@@ -17,7 +17,8 @@ def _taps(n, k, dtype=torch.float32):
 @pytest.mark.parametrize("dtype, tol", DTYPES)
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("shape, kh, kw", [((2, 3, 9, 11), 3, 5), ((1, 2, 6, 7), 4, 2), ((2, 1, 5, 4), 9, 12),
-                                           ((1, 1, 1, 6), 3, 3), ((3, 2, 16, 13), 1, 7)])
+                                           ((1, 1, 1, 6), 3, 3), ((3, 2, 16, 13), 1, 7),
+                                           ((2, 2, 12, 75), 5, 9)])  # rows: register blocks, a vector, a tail
 def test_filter_matches_reference(dtype, tol, padding, shape, kh, kw):
     x = torch.randn(shape).to(dtype)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -81,7 +82,8 @@ def test_kernel_wider_than_the_image_is_periodic_reflection():
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
-@pytest.mark.parametrize("shape, kh, kw", [((2, 2, 7, 6), 3, 4), ((1, 1, 3, 2), 7, 6), ((2, 1, 5, 9), 5, 1)])
+@pytest.mark.parametrize("shape, kh, kw", [((2, 2, 7, 6), 3, 4), ((1, 1, 3, 2), 7, 6), ((2, 1, 5, 9), 5, 1),
+                                           ((1, 1, 4, 45), 3, 6)])
 def test_gradcheck_and_adjoint(padding, shape, kh, kw):
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     th, tw = _taps(shape[0], kh, torch.float64), _taps(1, kw, torch.float64)
@@ -106,10 +108,44 @@ def test_non_contiguous_input():
     torch.testing.assert_close(ops.gaussian_blur(x, 1.0), ops.gaussian_blur(x.contiguous(), 1.0))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_out_buffer(dtype):
+    """out= writes every element (the buffer is poisoned first), returns the buffer, equals
+    the functional form through every write path: direct, a non-contiguous buffer and the
+    input itself (both through a temporary), reduced precision (float32 compute)."""
+    x = torch.randn(2, 3, 20, 41).to(dtype)
+    want = ops.gaussian_blur(x, 1.3)
+    out = torch.full_like(x, float("nan"))
+    assert ops.gaussian_blur(x, 1.3, out=out) is out
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    strided = torch.full((2, 20, 41, 3), float("nan"), dtype=dtype).permute(0, 3, 1, 2)
+    torch.testing.assert_close(ops.gaussian_blur(x, 1.3, out=strided), want, rtol=0, atol=0)
+    inplace = x.clone()
+    assert ops.gaussian_blur(inplace, 1.3, out=inplace) is inplace
+    torch.testing.assert_close(inplace, want, rtol=0, atol=0)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    th, tw = _taps(1, 4, compute), _taps(2, 3, compute)
+    ops.separable_filter(x, th, tw, "zeros", out=out)
+    torch.testing.assert_close(out, ops.separable_filter(x, th, tw, "zeros"), rtol=0, atol=0)
+
+
+def test_out_buffer_errors():
+    x = torch.rand(1, 2, 8, 8)
+    with pytest.raises(RuntimeError, match=r"separable_filter: out must have shape \[1, 2, 8, 8\]"):
+        ops.gaussian_blur(x, 1.0, out=torch.empty(1, 2, 8, 7))
+    with pytest.raises(RuntimeError, match="out must have dtype Float"):
+        ops.gaussian_blur(x, 1.0, out=torch.empty(1, 2, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="out= is not differentiable"):
+        ops.gaussian_blur(x.requires_grad_(True), 1.0, out=torch.empty(1, 2, 8, 8))
+    with torch.no_grad():  # allowed without autograd
+        ops.gaussian_blur(x, 1.0, out=torch.empty(1, 2, 8, 8))
+
+
 def test_opcheck():
     x = torch.randn(2, 3, 8, 9)
     th, tw = _taps(2, 3), _taps(1, 4)
     opcheck(torch.ops.interp_ext.separable_filter.default, (x, th, tw, "reflect"))
+    opcheck(torch.ops.interp_ext.separable_filter.out, (x, th, tw, "replicate"), {"out": torch.empty_like(x)})
     opcheck(torch.ops.interp_ext.separable_filter_backward.default, (x, th, tw, "zeros"))
 
 
@@ -147,6 +183,17 @@ def test_cuda_equals_cpu(dtype, tol, padding, kh, kw):
     want_b = torch.ops.interp_ext.separable_filter_backward(g, th, tw, padding)
     got_b = torch.ops.interp_ext.separable_filter_backward(g.cuda(), th.cuda(), tw.cuda(), padding).cpu()
     torch.testing.assert_close(got_b.double(), want_b.double(), rtol=tol, atol=tol)
+
+
+@pytest.mark.needs_cuda
+def test_cuda_out_buffer():
+    x = torch.randn(2, 3, 40, 37, device="cuda")
+    want = ops.gaussian_blur(x.cpu(), 1.5)
+    out = torch.full_like(x, float("nan"))
+    assert ops.gaussian_blur(x, 1.5, out=out) is out
+    torch.testing.assert_close(out.cpu(), want)
+    ops.gaussian_blur(x, 1.5, out=x)  # in place, through a temporary
+    torch.testing.assert_close(x.cpu(), want)
 
 
 @pytest.mark.needs_cuda

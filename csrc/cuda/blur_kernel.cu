@@ -114,13 +114,17 @@ __global__ void adjoint_axis_kernel(const in_t* __restrict__ in, out_t* __restri
   }
 }
 
-at::Tensor separable_filter_cuda(const at::Tensor& x, const at::Tensor& taps_h, const at::Tensor& taps_w,
-                                 c10::string_view padding) {
+// Writes `out` (x's shape and dtype, any layout): directly when it is contiguous and
+// does not overlap x, else through a temporary copied into it (so out may be x).
+void separable_filter_out_cuda(const at::Tensor& x, const at::Tensor& taps_h, const at::Tensor& taps_w,
+                               c10::string_view padding, at::Tensor& out_arg) {
   const BorderMode mode = check_separable_filter_args("separable_filter", x, taps_h, taps_w, padding);
+  check_out("separable_filter", out_arg, x);
+  if (out_arg.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), th = taps_h.contiguous(), tw = taps_w.contiguous();
-  at::Tensor out = at::empty_like(xc);
-  if (out.numel() == 0) return out;
+  const bool direct = out_arg.is_contiguous() && at::get_overlap_status(out_arg, xc) == at::MemOverlapStatus::No;
+  at::Tensor out = direct ? out_arg : at::empty_like(xc);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int KH = static_cast<int>(th.size(1)), KW = static_cast<int>(tw.size(1));
   const bool per_h = th.size(0) > 1, per_w = tw.size(0) > 1;
@@ -147,6 +151,13 @@ at::Tensor separable_filter_cuda(const at::Tensor& x, const at::Tensor& taps_h, 
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
+  if (!direct) out_arg.copy_(out);
+}
+
+at::Tensor separable_filter_cuda(const at::Tensor& x, const at::Tensor& taps_h, const at::Tensor& taps_w,
+                                 c10::string_view padding) {
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  separable_filter_out_cuda(x, taps_h, taps_w, padding, out);
   return out;
 }
 
@@ -191,6 +202,7 @@ at::Tensor separable_filter_backward_cuda(const at::Tensor& grad, const at::Tens
 
 TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
   m.impl("separable_filter", &separable_filter_cuda);
+  m.impl("separable_filter.out", &separable_filter_out_cuda);
   m.impl("separable_filter_backward", &separable_filter_backward_cuda);
 }
 
