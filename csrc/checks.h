@@ -177,9 +177,9 @@ inline WindowGrid make_window_grid(const char* op, c10::IntArrayRef shape, c10::
 
 inline int64_t total_windows(const WindowGrid& g) { return g.count[0] * g.count[1] * g.count[2]; }
 
-inline WindowGrid check_occlusion_batch_args(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
-                                             c10::IntArrayRef stride, int64_t start, int64_t count,
-                                             const char* op = "occlusion_batch") {
+// x (N, C, H, W) of a floating type and a baseline (1 or N, C, H, W) of its dtype and
+// device: what the occluded and feature-subset batches are built from.
+inline void check_image_and_baseline(const char* op, const at::Tensor& x, const at::Tensor& baseline) {
   check_floating(op, "x", x);
   TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got shape ", shape_str(x));
   TORCH_CHECK(baseline.scalar_type() == x.scalar_type() && baseline.device() == x.device(), op,
@@ -187,6 +187,12 @@ inline WindowGrid check_occlusion_batch_args(const at::Tensor& x, const at::Tens
   TORCH_CHECK(baseline.dim() == 4 && (baseline.size(0) == 1 || baseline.size(0) == x.size(0)) &&
                   baseline.size(1) == x.size(1) && baseline.size(2) == x.size(2) && baseline.size(3) == x.size(3),
               op, ": baseline must be (1 or N, C, H, W) = ", shape_str(x), ", got ", shape_str(baseline));
+}
+
+inline WindowGrid check_occlusion_batch_args(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                                             c10::IntArrayRef stride, int64_t start, int64_t count,
+                                             const char* op = "occlusion_batch") {
+  check_image_and_baseline(op, x, baseline);
   const WindowGrid g = make_window_grid(op, x.sizes().slice(1), window, stride);
   TORCH_CHECK(start >= 0 && count >= 0 && start + count <= total_windows(g), op, ": windows ", std::to_string(start),
               "..", std::to_string(start + count), " are out of range: there are ", std::to_string(total_windows(g)));
@@ -241,13 +247,7 @@ inline WindowGrid check_occlusion_accumulate_args(const at::Tensor& diffs, c10::
 inline void check_feature_batch_args(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
                                      const at::Tensor& present) {
   const char* op = "feature_batch";
-  check_floating(op, "x", x);
-  TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got shape ", shape_str(x));
-  TORCH_CHECK(baseline.scalar_type() == x.scalar_type() && baseline.device() == x.device(), op,
-              ": baseline must have x's dtype and device");
-  TORCH_CHECK(baseline.dim() == 4 && (baseline.size(0) == 1 || baseline.size(0) == x.size(0)) &&
-                  baseline.size(1) == x.size(1) && baseline.size(2) == x.size(2) && baseline.size(3) == x.size(3),
-              op, ": baseline must be (1 or N, C, H, W) = ", shape_str(x), ", got ", shape_str(baseline));
+  check_image_and_baseline(op, x, baseline);
   TORCH_CHECK(feature_mask.scalar_type() == at::kLong, op, ": feature_mask must be an int64 tensor, got ",
               feature_mask.scalar_type());
   TORCH_CHECK(feature_mask.dim() == 4 && (feature_mask.size(0) == 1 || feature_mask.size(0) == x.size(0)) &&

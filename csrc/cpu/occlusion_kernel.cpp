@@ -58,27 +58,33 @@ void occlusion_planes(const at::Tensor& x, const at::Tensor& baseline, const Win
   });
 }
 
-void occlusion_batch_out_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
-                             c10::IntArrayRef stride, int64_t start, int64_t count, at::Tensor& out) {
-  const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
-  check_occlusion_out(out, x, count);
+// The `_into` functions write validated arguments into a validated `out`; the out=
+// overloads and the functional forms check once each (on CUDA the id-range checks
+// cost a host sync).
+void occlusion_batch_into(const at::Tensor& x, const at::Tensor& baseline, const WindowGrid& g, int64_t start,
+                          int64_t count, at::Tensor& out) {
   if (out.numel() == 0) return;
   occlusion_planes(x.contiguous(), baseline.contiguous(), g, count, [start](int64_t j, int64_t) { return start + j; },
                    out);
 }
 
+void occlusion_batch_out_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                             c10::IntArrayRef stride, int64_t start, int64_t count, at::Tensor& out) {
+  const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
+  check_occlusion_out(out, x, count);
+  occlusion_batch_into(x, baseline, g, start, count, out);
+}
+
 at::Tensor occlusion_batch_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
                                c10::IntArrayRef stride, int64_t start, int64_t count) {
-  check_occlusion_batch_args(x, baseline, window, stride, start, count);
+  const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
   at::Tensor out = at::empty({count * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
-  occlusion_batch_out_cpu(x, baseline, window, stride, start, count, out);
+  occlusion_batch_into(x, baseline, g, start, count, out);
   return out;
 }
 
-void occlusion_batch_at_out_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
-                                c10::IntArrayRef stride, const at::Tensor& windows, at::Tensor& out) {
-  const WindowGrid g = check_occlusion_batch_at_args(x, baseline, window, stride, windows);
-  check_occlusion_out(out, x, windows.size(0));
+void occlusion_batch_at_into(const at::Tensor& x, const at::Tensor& baseline, const WindowGrid& g,
+                             const at::Tensor& windows, at::Tensor& out) {
   if (out.numel() == 0) return;
   const at::Tensor ids = windows.contiguous();
   const int64_t* ip = ids.const_data_ptr<int64_t>();
@@ -87,11 +93,18 @@ void occlusion_batch_at_out_cpu(const at::Tensor& x, const at::Tensor& baseline,
                    [ip, N](int64_t j, int64_t n) { return ip[j * N + n]; }, out);
 }
 
+void occlusion_batch_at_out_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                                c10::IntArrayRef stride, const at::Tensor& windows, at::Tensor& out) {
+  const WindowGrid g = check_occlusion_batch_at_args(x, baseline, window, stride, windows);
+  check_occlusion_out(out, x, windows.size(0));
+  occlusion_batch_at_into(x, baseline, g, windows, out);
+}
+
 at::Tensor occlusion_batch_at_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
                                   c10::IntArrayRef stride, const at::Tensor& windows) {
-  check_occlusion_batch_at_args(x, baseline, window, stride, windows);
+  const WindowGrid g = check_occlusion_batch_at_args(x, baseline, window, stride, windows);
   at::Tensor out = at::empty({windows.size(0) * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
-  occlusion_batch_at_out_cpu(x, baseline, window, stride, windows, out);
+  occlusion_batch_at_into(x, baseline, g, windows, out);
   return out;
 }
 
@@ -170,10 +183,8 @@ void feature_batch_planes(const at::Tensor& x, const at::Tensor& baseline, const
   });
 }
 
-void feature_batch_out_cpu(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
-                           const at::Tensor& present, at::Tensor& out) {
-  check_feature_batch_args(x, baseline, feature_mask, present);
-  check_feature_batch_out(out, x, present.size(0));
+void feature_batch_into(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
+                        const at::Tensor& present, at::Tensor& out) {
   if (out.numel() == 0) return;
   const at::Tensor x_ = x.contiguous(), b_ = baseline.contiguous(), m_ = feature_mask.contiguous(),
                    p_ = present.contiguous();
@@ -185,11 +196,18 @@ void feature_batch_out_cpu(const at::Tensor& x, const at::Tensor& baseline, cons
   }
 }
 
+void feature_batch_out_cpu(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
+                           const at::Tensor& present, at::Tensor& out) {
+  check_feature_batch_args(x, baseline, feature_mask, present);
+  check_feature_batch_out(out, x, present.size(0));
+  feature_batch_into(x, baseline, feature_mask, present, out);
+}
+
 at::Tensor feature_batch_cpu(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
                              const at::Tensor& present) {
   check_feature_batch_args(x, baseline, feature_mask, present);
   at::Tensor out = at::empty({present.size(0) * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
-  feature_batch_out_cpu(x, baseline, feature_mask, present, out);
+  feature_batch_into(x, baseline, feature_mask, present, out);
   return out;
 }
 

@@ -17,18 +17,13 @@
 
 #include "../kernels/blur.h"
 #include "../ops_common.h"
+#include "launch.h"
 
 namespace interp_ext {
 namespace {
 
 constexpr int kTile = 32;
 constexpr int kMaxTiledTaps = 33;  // (32 + 32)^2 + 32 * 64 float64 values = 48 KiB of shared memory
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t work) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, sms * (2048 / kThreads)));
-}
 
 template <typename scalar_t, typename acc_t>
 __global__ void filter_tile_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ out,

@@ -14,24 +14,16 @@
 
 #include "../kernels/guided_relu.h"
 #include "../ops_common.h"
+#include "launch.h"
 
 namespace interp_ext {
 namespace {
-
-constexpr int kThreads = 256;
 
 // A 16-byte packet of VEC elements, loaded and stored with one instruction.
 template <typename T, int VEC>
 struct alignas(sizeof(T) * VEC) Packet {
   T v[VEC];
 };
-
-// Enough blocks to fill every SM at full occupancy; grid-stride loops do the rest.
-int64_t grid_for(int64_t work_items) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t wanted = (work_items + kThreads - 1) / kThreads;
-  return std::max<int64_t>(1, std::min<int64_t>(wanted, sms * (2048 / kThreads)));
-}
 
 template <typename scalar_t, RectifierRule Rule>
 __device__ __forceinline__ scalar_t rectifier_grad(scalar_t g, scalar_t x, at::opmath_type<scalar_t> upper) {
@@ -77,9 +69,9 @@ void launch_guided_backward(const scalar_t* g, const scalar_t* x, scalar_t* out,
   auto stream = at::cuda::getCurrentCUDAStream();
   const auto u = static_cast<at::opmath_type<scalar_t>>(upper);
   if (aligned) {
-    guided_backward_kernel<scalar_t, kVec, Rule><<<grid_for(n / kVec + 1), kThreads, 0, stream>>>(g, x, out, n, u);
+    guided_backward_kernel<scalar_t, kVec, Rule><<<blocks_for(n / kVec + 1), kThreads, 0, stream>>>(g, x, out, n, u);
   } else {
-    guided_backward_kernel<scalar_t, 1, Rule><<<grid_for(n), kThreads, 0, stream>>>(g, x, out, n, u);
+    guided_backward_kernel<scalar_t, 1, Rule><<<blocks_for(n), kThreads, 0, stream>>>(g, x, out, n, u);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -136,7 +128,7 @@ at::Tensor saliency_reduce_cuda(const at::Tensor& grad) {
   const int64_t channels = g_.size(1);
   const int64_t plane = g_.size(2) * g_.size(3);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g_.scalar_type(), "saliency_reduce_cuda", [&] {
-    saliency_reduce_kernel<scalar_t><<<grid_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    saliency_reduce_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         g_.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), channels, plane, out.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -13,17 +13,11 @@
 
 #include "../kernels/occlusion.h"
 #include "../ops_common.h"
+#include "launch.h"
 
 namespace interp_ext {
 
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t work) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, sms * (2048 / kThreads)));
-}
 
 template <typename scalar_t>
 __global__ void occlusion_batch_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ base,
@@ -89,10 +83,11 @@ void launch_feature_batch(const at::Tensor& x, const at::Tensor& b, const at::Te
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void feature_batch_out_cuda(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
-                            const at::Tensor& present, at::Tensor& out) {
-  check_feature_batch_args(x, baseline, feature_mask, present);
-  check_feature_batch_out(out, x, present.size(0));
+// The `_into` functions write validated arguments into a validated `out`; the out=
+// overloads and the functional forms check once each (the id-range checks cost a host
+// sync).
+void feature_batch_into(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
+                        const at::Tensor& present, at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(x.device());
   if (out.numel() == 0) return;
   const at::Tensor x_ = x.contiguous(), b_ = baseline.contiguous(), m_ = feature_mask.contiguous(),
@@ -105,11 +100,18 @@ void feature_batch_out_cuda(const at::Tensor& x, const at::Tensor& baseline, con
   }
 }
 
+void feature_batch_out_cuda(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
+                            const at::Tensor& present, at::Tensor& out) {
+  check_feature_batch_args(x, baseline, feature_mask, present);
+  check_feature_batch_out(out, x, present.size(0));
+  feature_batch_into(x, baseline, feature_mask, present, out);
+}
+
 at::Tensor feature_batch_cuda(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
                               const at::Tensor& present) {
   check_feature_batch_args(x, baseline, feature_mask, present);
   at::Tensor out = at::empty({present.size(0) * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
-  feature_batch_out_cuda(x, baseline, feature_mask, present, out);
+  feature_batch_into(x, baseline, feature_mask, present, out);
   return out;
 }
 
@@ -135,27 +137,32 @@ void occlusion_batch_out_cuda(const at::Tensor& x, const at::Tensor& baseline, c
   launch_occlusion_batch(x, baseline, g, start, nullptr, out);
 }
 
-void occlusion_batch_at_out_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
-                                 c10::IntArrayRef stride, const at::Tensor& windows, at::Tensor& out) {
-  const WindowGrid g = check_occlusion_batch_at_args(x, baseline, window, stride, windows);
-  check_occlusion_out(out, x, windows.size(0));
+at::Tensor occlusion_batch_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                                c10::IntArrayRef stride, int64_t start, int64_t count) {
+  const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
+  at::Tensor out = at::empty({count * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
+  launch_occlusion_batch(x, baseline, g, start, nullptr, out);
+  return out;
+}
+
+void occlusion_batch_at_into(const at::Tensor& x, const at::Tensor& baseline, const WindowGrid& g,
+                             const at::Tensor& windows, at::Tensor& out) {
   const at::Tensor ids = windows.contiguous();
   launch_occlusion_batch(x, baseline, g, 0, ids.const_data_ptr<int64_t>(), out);
 }
 
-at::Tensor occlusion_batch_at_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
-                                   c10::IntArrayRef stride, const at::Tensor& windows) {
-  check_occlusion_batch_at_args(x, baseline, window, stride, windows);
-  at::Tensor out = at::empty({windows.size(0) * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
-  occlusion_batch_at_out_cuda(x, baseline, window, stride, windows, out);
-  return out;
+void occlusion_batch_at_out_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                                 c10::IntArrayRef stride, const at::Tensor& windows, at::Tensor& out) {
+  const WindowGrid g = check_occlusion_batch_at_args(x, baseline, window, stride, windows);
+  check_occlusion_out(out, x, windows.size(0));
+  occlusion_batch_at_into(x, baseline, g, windows, out);
 }
 
-at::Tensor occlusion_batch_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
-                                c10::IntArrayRef stride, int64_t start, int64_t count) {
-  check_occlusion_batch_args(x, baseline, window, stride, start, count);
-  at::Tensor out = at::empty({count * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
-  occlusion_batch_out_cuda(x, baseline, window, stride, start, count, out);
+at::Tensor occlusion_batch_at_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
+                                   c10::IntArrayRef stride, const at::Tensor& windows) {
+  const WindowGrid g = check_occlusion_batch_at_args(x, baseline, window, stride, windows);
+  at::Tensor out = at::empty({windows.size(0) * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
+  occlusion_batch_at_into(x, baseline, g, windows, out);
   return out;
 }
 

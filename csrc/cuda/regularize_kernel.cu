@@ -13,16 +13,10 @@
 
 #include "../kernels/regularize.h"
 #include "../ops_common.h"
+#include "launch.h"
 
 namespace interp_ext {
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t work) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, sms * 8));
-}
 
 template <typename scalar_t, typename acc_t>
 __global__ void pixel_stats_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ g,

@@ -13,11 +13,10 @@
 
 #include "../kernels/tv.h"
 #include "../ops_common.h"
+#include "launch.h"
 
 namespace interp_ext {
 namespace {
-
-constexpr int kThreads = 256;
 
 template <typename scalar_t, typename acc_t>
 __global__ void tv_partial_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ partial, int64_t H, int64_t W,
@@ -82,8 +81,7 @@ at::Tensor total_variation_backward_cuda(const at::Tensor& grad, const at::Tenso
   const at::Tensor xc = x.contiguous(), gc = grad.to(x.scalar_type()).contiguous();
   at::Tensor out = at::empty_like(xc);
   if (out.numel() == 0) return out;
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((out.numel() + kThreads - 1) / kThreads, sms * 8));
+  const int64_t blocks = blocks_for(out.numel());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "total_variation_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     tv_backward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
