@@ -1,8 +1,8 @@
 """Gaussian blur and total variation: the native ops vs torchvision's ``gaussian_blur``
 (a 2-D depthwise convolution), kornia's ``gaussian_blur2d`` (separable and 2-D),
 ``torch.compile`` of the pure-PyTorch reference and a same-size copy (the bytes floor);
-forward and forward + backward. TV forward + backward vs the eager reference. The
-class-visualisation loop with the native regularisers vs the same loop in eager ops.
+forward and forward + backward. TV forward + backward and the regularisation step vs
+the eager reference. The class-visualisation loop with the native regularisers vs the same loop in eager ops.
 
     python benchmarks/bench_blur.py [--device cpu|cuda] [--quick] [--loop-steps 200]
 """
@@ -130,6 +130,36 @@ def tv_rows(device: str, shapes, min_run_time: float) -> list[dict]:
     return rows
 
 
+def regularize_rows(device: str, shapes, min_run_time: float) -> list[dict]:
+    """One Yosinski regularisation step (every clip on, percentiles 10) in place: the native
+    op vs the same step in eager float32 ops (torch.quantile per sample, masks)."""
+    rows = []
+    default_threads = torch.get_num_threads()
+    kw = dict(decay=1e-3, grad_percentile=10.0, norm_percentile=10.0, contribution_percentile=10.0)
+    for threads in common.thread_settings(device):
+        torch.set_num_threads(threads)
+        for shape in shapes:
+            x0, g = torch.randn(shape, device=device), torch.randn(shape, device=device)
+            buf = x0.clone()
+            ops.regularize_step_(buf, g, 0.1, **kw)
+            torch.testing.assert_close(buf.double(), reference.regularize_step(x0, g, 0.1, **kw), rtol=1e-5, atol=1e-6)
+
+            def native():
+                buf.copy_(x0)
+                ops.regularize_step_(buf, g, 0.1, **kw)
+
+            row = {"device": device, "threads": threads, "shape": "x".join(map(str, shape))}
+            row["interp_ext_ms"] = 1e3 * common.median_seconds(native, device, min_run_time)
+            row["eager_ms"] = 1e3 * common.median_seconds(
+                lambda: reference.regularize_step(x0, g, 0.1, **kw, dtype=None), device, min_run_time)
+            row["speedup_vs_eager"] = row["eager_ms"] / row["interp_ext_ms"]
+            rows.append(row)
+            print(f"[{device} t={threads}] regularise step {row['shape']}: interp_ext {row['interp_ext_ms']:.3g} ms, "
+                  f"eager {row['eager_ms']:.3g} ms (x{row['speedup_vs_eager']:.1f})", flush=True)
+    torch.set_num_threads(default_threads)
+    return rows
+
+
 def loop_rows(device: str, steps: int, batch: int, size: int) -> list[dict]:
     """The class-visualisation loop (jitter, class score gradient, regularised step, blur
     every 4 steps, clamp) on the bundled model: interp_ext.visualize vs the same loop
@@ -161,9 +191,7 @@ def loop_rows(device: str, steps: int, batch: int, size: int) -> list[dict]:
             (g,) = torch.autograd.grad(obj.sum(), xj)
             g = g.roll((-oy, -ox), dims=(2, 3))
             g = g / (g.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-12)
-            x = reference.regularize_step(x, g, 0.1, **{"decay": kw["decay"], "grad_percentile": kw["grad_percentile"],
-                                                        "norm_percentile": kw["norm_percentile"],
-                                                        "contribution_percentile": kw["contribution_percentile"]}).float()
+            x = reference.regularize_step(x, g, 0.1, **kw, dtype=None)  # eager ops in float32
             if (step + 1) % 4 == 0:
                 x = tvf.gaussian_blur(x, [3, 3], [0.5, 0.5])
             x = torch.maximum(torch.minimum(x, hi), lo)
@@ -193,12 +221,13 @@ def main(argv=None) -> int:
     min_run_time = 0.05 if args.quick else 0.5
     blur = blur_rows(args.device, cases, min_run_time)
     tv = tv_rows(args.device, [(4, 3, 64, 64)] if args.quick else [(8, 3, 224, 224), (64, 3, 224, 224)], min_run_time)
+    reg = regularize_rows(args.device, [(2, 3, 64, 64)] if args.quick else [(8, 3, 224, 224)], min_run_time)
     loop = loop_rows(args.device, 4 if args.quick else args.loop_steps, 2 if args.quick else 8, 64 if args.quick else 224)
     # PyTorch's own allocations get huge pages only under THP_MEM_ALLOC_ENABLE=1; the
     # native blur asks for them for its output either way (see csrc/cpu/huge_pages.h).
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
     payload = {"machine": common.machine(args.device), "build": interp_ext.build_info(), "THP_MEM_ALLOC_ENABLE": thp,
-               "blur": blur, "tv": tv, "loop": loop}
+               "blur": blur, "tv": tv, "regularize": reg, "loop": loop}
     names = [k[: -len("_ms")] for k in blur[0] if k.endswith("_ms")]
     md = "\n\n".join([
         f"### Gaussian blur, {payload['machine']['device']} ({payload['machine']['cpu']}), torch {payload['machine']['torch']}, "
@@ -208,6 +237,8 @@ def main(argv=None) -> int:
                                "out_vs_copy"]),
         "### Total variation, forward + backward",
         common.md_table(tv, ["device", "threads", "shape", "beta", "interp_ext_ms", "eager_ms", "speedup_vs_eager"]),
+        "### Regularisation step (in place; decay, gradient / norm / contribution clips at percentile 10)",
+        common.md_table(reg, ["device", "threads", "shape", "interp_ext_ms", "eager_ms", "speedup_vs_eager"]),
         "### Class-visualisation loop (bundled EfficientNet-Lite0; regularisers every step, blur every 4)",
         common.md_table(loop, ["device", "threads", "steps", "batch", "size", "interp_ext_s", "eager_s", "speedup_vs_eager"]),
     ])

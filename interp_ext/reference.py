@@ -234,14 +234,16 @@ def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
 
 
 def regularize_step(x: torch.Tensor, grad: torch.Tensor, lr: float, decay: float = 0.0, grad_percentile: float = 0.0,
-                    norm_percentile: float = 0.0, contribution_percentile: float = 0.0) -> torch.Tensor:
-    """The Yosinski et al. step, out of place, in the op's order (see ops.regularize_step_)."""
+                    norm_percentile: float = 0.0, contribution_percentile: float = 0.0,
+                    dtype: Optional[torch.dtype] = torch.float64) -> torch.Tensor:
+    """The Yosinski et al. step, out of place, in the op's order (see ops.regularize_step_),
+    computed in ``dtype`` (float64: the oracle; None: x's dtype, the eager baseline)."""
     n = x.shape[0]
-    x, grad = x.double(), grad.double()
+    x, grad = x.to(dtype or x.dtype), grad.to(dtype or x.dtype)
 
     def pct(values, p):
         v = values.reshape(n, -1)
-        return torch.zeros(n, dtype=v.dtype) if p <= 0 else torch.quantile(v, p / 100, dim=1)
+        return torch.zeros(n, dtype=v.dtype, device=v.device) if p <= 0 else torch.quantile(v, p / 100, dim=1)
 
     g = torch.where(grad.abs() >= pct(grad.abs(), grad_percentile).view(n, 1, 1, 1), grad, torch.zeros_like(grad))
     v = (x + lr * g) * (1 - decay)

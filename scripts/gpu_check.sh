@@ -68,6 +68,7 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         taps = torch.rand(2, k, device="cuda", dtype=acc)
         for pad in ("reflect", "replicate", "zeros"):
             ops.separable_filter(blur_x, taps, taps[:1], pad)
+            ops.separable_filter(blur_x, taps, taps[:1], pad, out=torch.empty_like(blur_x))
             torch.ops.interp_ext.separable_filter_backward(blur_x, taps, taps[:1], pad)
     ops.total_variation(img, 1.5); torch.ops.interp_ext.total_variation_backward(torch.ones(2, device="cuda", dtype=dtype), img, 1.5)
     reg = img.clone(); ops.regularize_step_(reg, torch.randn_like(reg), 0.5, decay=0.1, grad_percentile=10.0,

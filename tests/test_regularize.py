@@ -41,6 +41,19 @@ def test_each_clip_removes_about_its_percentile():
     assert abs(float(moved) - 0.5) < 0.01
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("pct", [10.0, 37.5, 50.0, 62.0, 99.0])
+def test_percentile_thresholds_equal_torch_quantile(dtype, pct):
+    """The gradient clip keeps |g| >= the per-sample percentile exactly as torch.quantile
+    (in g's dtype) puts it: ties (integer values, 1000 per sample) and interpolation
+    between distinct values (7 per sample, fractional ranks)."""
+    for g in (torch.randint(-5, 6, (3, 2, 20, 25)).to(dtype), torch.randn(4, 1, 1, 7, dtype=dtype)):
+        got = torch.zeros_like(g)
+        ops.regularize_step_(got, g, lr=1.0, grad_percentile=pct)  # x = 0: the kept gradient itself
+        t = torch.quantile(g.abs().reshape(len(g), -1), pct / 100, dim=1).view(-1, 1, 1, 1)
+        assert torch.equal(got, torch.where(g.abs() >= t, g, torch.zeros_like(g)))
+
+
 def test_half_precision_and_non_contiguous():
     x = torch.randn(2, 3, 8, 8)
     g = torch.randn_like(x)
