@@ -11,6 +11,7 @@
 
 #include "../kernels/regularize.h"
 #include "../ops_common.h"
+#include "vectorize.h"
 
 namespace interp_ext {
 namespace {
@@ -42,6 +43,42 @@ at::Tensor percentile_by_selection(const at::Tensor& values, double pct) {
   return out;
 }
 
+// Pass 1 over pixels [p0, p1) of one sample (x, g: its first plane; norms, contrib: its
+// row): the norm over channels and the contribution sum_c |v g| of the updated values v.
+template <typename T>
+INTERP_EXT_CLONES void pixel_stats(const T* x, const T* g, int64_t C, int64_t HW, int64_t p0, int64_t p1, T tg, T lr,
+                                   T decay, T* norms, T* contrib) {
+  std::fill(norms + p0, norms + p1, T(0));
+  std::fill(contrib + p0, contrib + p1, T(0));
+  for (int64_t c = 0; c < C; ++c) {
+    const T* xc = x + c * HW;
+    const T* gc = g + c * HW;
+#pragma omp simd
+    for (int64_t pix = p0; pix < p1; ++pix) {
+      const T v = regularized_value(xc[pix], gc[pix], tg, lr, decay);
+      norms[pix] += v * v;
+      contrib[pix] += std::abs(v * gc[pix]);
+    }
+  }
+#pragma omp simd
+  for (int64_t pix = p0; pix < p1; ++pix) norms[pix] = std::sqrt(norms[pix]);
+}
+
+// Pass 2 over one plane: the updated values, zero where `keep` (null: keep all) is false.
+template <typename T>
+INTERP_EXT_CLONES void update_plane(T* x, const T* g, const bool* keep, int64_t HW, T tg, T lr, T decay) {
+  if (keep == nullptr) {
+#pragma omp simd
+    for (int64_t pix = 0; pix < HW; ++pix) x[pix] = regularized_value(x[pix], g[pix], tg, lr, decay);
+    return;
+  }
+#pragma omp simd
+  for (int64_t pix = 0; pix < HW; ++pix) {
+    const T v = regularized_value(x[pix], g[pix], tg, lr, decay);
+    x[pix] = keep[pix] ? v : T(0);
+  }
+}
+
 void regularize_step_cpu(at::Tensor& x, const at::Tensor& grad, double lr, double decay, double grad_pct,
                          double norm_pct, double contrib_pct) {
   check_regularize_args(x, grad, lr, decay, grad_pct, norm_pct, contrib_pct);
@@ -50,7 +87,8 @@ void regularize_step_cpu(at::Tensor& x, const at::Tensor& grad, double lr, doubl
   const at::ScalarType compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor xc = x.to(compute).contiguous();
   const at::Tensor gc = grad.to(compute).contiguous();
-  const at::Tensor tg = percentile_by_selection(gc.abs().view({N, -1}), grad_pct);
+  const at::Tensor tg = grad_pct > 0 ? percentile_by_selection(gc.abs().view({N, -1}), grad_pct)
+                                     : at::zeros({N}, gc.options());
   const bool clip_pixels = norm_pct > 0 || contrib_pct > 0;
   AT_DISPATCH_FLOATING_TYPES(compute, "regularize_step_cpu", [&] {
     scalar_t* xp = xc.mutable_data_ptr<scalar_t>();
@@ -63,17 +101,10 @@ void regularize_step_cpu(at::Tensor& x, const at::Tensor& grad, double lr, doubl
       scalar_t* np_ = norms.mutable_data_ptr<scalar_t>();
       scalar_t* cp = contrib.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, N * HW, 4096, [&](int64_t begin, int64_t end) {
-        for (int64_t e = begin; e < end; ++e) {
-          const int64_t n = e / HW, pix = e % HW;
-          scalar_t sq = 0, ct = 0;
-          for (int64_t c = 0; c < C; ++c) {
-            const int64_t i = (n * C + c) * HW + pix;
-            const scalar_t v = regularized_value(xp[i], gp[i], tgp[n], lr_, decay_);
-            sq += v * v;
-            ct += std::abs(v * gp[i]);
-          }
-          np_[e] = std::sqrt(sq);
-          cp[e] = ct;
+        for (int64_t e = begin; e < end;) {  // the part of [begin, end) in one sample at a time
+          const int64_t n = e / HW, p0 = e % HW, p1 = std::min(HW, p0 + (end - e));
+          pixel_stats(xp + n * C * HW, gp + n * C * HW, C, HW, p0, p1, tgp[n], lr_, decay_, np_ + n * HW, cp + n * HW);
+          e += p1 - p0;
         }
       });
       keep = (norms >= percentile_by_selection(norms, norm_pct).unsqueeze(1)) &
@@ -84,12 +115,7 @@ void regularize_step_cpu(at::Tensor& x, const at::Tensor& grad, double lr, doubl
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t n = plane / C;
-        scalar_t* dst = xp + plane * HW;
-        const scalar_t* g = gp + plane * HW;
-        for (int64_t pix = 0; pix < HW; ++pix) {
-          const scalar_t v = regularized_value(dst[pix], g[pix], tgp[n], lr_, decay_);
-          dst[pix] = (kp == nullptr || kp[n * HW + pix]) ? v : scalar_t(0);
-        }
+        update_plane(xp + plane * HW, gp + plane * HW, kp == nullptr ? nullptr : kp + n * HW, HW, tgp[n], lr_, decay_);
       }
     });
   });
