@@ -122,6 +122,7 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config = job.ExplainConfig(inputs=args.inputs, out=args.out, methods=methods, model=args.model, weights=args.weights,
                                batch_size=args.batch_size, device=device, target=args.target, layer=args.layer,
                                quiet=args.quiet or rank > 0)
+    failed = False
     try:
         try:
             prep = job.prepare(config)
@@ -154,10 +155,15 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print("interp-ext explain: no image could be processed", file=sys.stderr)
             return 1
         return 0
+    except BaseException:
+        failed = True
+        raise
     finally:
         if world > 1:
             import torch.distributed as dist
 
+            if not failed:  # a gloo rank that tears down while a peer still uses the group can abort
+                dist.barrier()
             dist.destroy_process_group()
 
 
