@@ -342,11 +342,4 @@ inline void check_regularize_args(const at::Tensor& x, const at::Tensor& grad, d
   }
 }
 
-// Per-row p-th percentile of a (N, M) tensor (0 where p == 0: nothing is clipped), on its
-// device, by ATen's quantile (linear interpolation).
-inline at::Tensor percentile_per_sample(const at::Tensor& values, double pct) {
-  if (pct <= 0 || values.size(1) == 0) return at::zeros({values.size(0)}, values.options());
-  return at::quantile(values, pct / 100.0, 1);
-}
-
 }  // namespace interp_ext

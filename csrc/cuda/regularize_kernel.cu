@@ -18,6 +18,13 @@
 namespace interp_ext {
 namespace {
 
+// Per-row p-th percentile of a (N, M) tensor (0 where p == 0: nothing is clipped), on the
+// device, by ATen's quantile (linear interpolation).
+at::Tensor percentile_per_sample(const at::Tensor& values, double pct) {
+  if (pct <= 0 || values.size(1) == 0) return at::zeros({values.size(0)}, values.options());
+  return at::quantile(values, pct / 100.0, 1);
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void pixel_stats_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ g,
                                    const acc_t* __restrict__ tg, acc_t* __restrict__ norms, acc_t* __restrict__ contrib,
