@@ -218,11 +218,13 @@ inline WindowGrid check_occlusion_batch_at_args(const at::Tensor& x, const at::T
   return g;
 }
 
-inline void check_occlusion_out(const at::Tensor& out, const at::Tensor& x, int64_t count) {
-  const char* op = "occlusion_batch";
-  TORCH_CHECK(out.dim() == 4 && out.size(0) == count * x.size(0) && out.size(1) == x.size(1) &&
+// out of a batch of copies of x, (copies * N, C, H, W) with x's dtype and device,
+// contiguous; `copies` names the count in the message ("count", "B").
+inline void check_copies_out(const char* op, const at::Tensor& out, const at::Tensor& x, int64_t copies,
+                             const char* copies_name) {
+  TORCH_CHECK(out.dim() == 4 && out.size(0) == copies * x.size(0) && out.size(1) == x.size(1) &&
                   out.size(2) == x.size(2) && out.size(3) == x.size(3),
-              op, ": out must be (count * N, C, H, W) = (", std::to_string(count * x.size(0)), ", ",
+              op, ": out must be (", copies_name, " * N, C, H, W) = (", std::to_string(copies * x.size(0)), ", ",
               std::to_string(x.size(1)), ", ", std::to_string(x.size(2)), ", ", std::to_string(x.size(3)), "), got ",
               shape_str(out));
   TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.device() == x.device(), op,
@@ -269,17 +271,6 @@ inline void check_feature_batch_args(const at::Tensor& x, const at::Tensor& base
   }
 }
 
-inline void check_feature_batch_out(const at::Tensor& out, const at::Tensor& x, int64_t copies) {
-  const char* op = "feature_batch";
-  TORCH_CHECK(out.dim() == 4 && out.size(0) == copies * x.size(0) && out.size(1) == x.size(1) &&
-                  out.size(2) == x.size(2) && out.size(3) == x.size(3),
-              op, ": out must be (B * N, C, H, W) = (", std::to_string(copies * x.size(0)), ", ",
-              std::to_string(x.size(1)), ", ", std::to_string(x.size(2)), ", ", std::to_string(x.size(3)), "), got ",
-              shape_str(out));
-  TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.device() == x.device(), op,
-              ": out must have x's dtype and device");
-  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
-}
 
 // ---- separable filter (Gaussian blur) ----------------------------------------------------
 

@@ -52,6 +52,11 @@ inline GuidedBackwardArgs prepare_guided_backward(const at::Tensor& grad_output,
 // per-window scores (N, P): what the occlusion accumulation gathers from.
 at::Tensor window_score_table(const at::Tensor& diffs, const WindowGrid& g);
 
+// A batch of `copies` copies of x (N, C, H, W): (copies * N, C, H, W), copy-major.
+inline at::Tensor copies_output(const at::Tensor& x, int64_t copies) {
+  return at::empty({copies * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
+}
+
 inline at::Tensor saliency_output(const at::Tensor& grad) {
   return at::empty({grad.size(0), grad.size(2), grad.size(3)}, grad.options());
 }
