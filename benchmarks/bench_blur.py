@@ -103,61 +103,62 @@ def blur_rows(device: str, cases, min_run_time: float) -> list[dict]:
     return rows
 
 
-def tv_rows(device: str, shapes, min_run_time: float) -> list[dict]:
+def native_vs_eager_rows(device: str, label: str, shapes, min_run_time: float, setup) -> list[dict]:
+    """Per thread setting and shape: ``setup(shape)`` checks the native op against the
+    reference and returns (native, eager) callables; their median times and ratio."""
     rows = []
     default_threads = torch.get_num_threads()
     for threads in common.thread_settings(device):
         torch.set_num_threads(threads)
         for shape in shapes:
-            nxt = common.rotating(lambda: torch.rand(shape, device=device), device, 4 * torch.Size(shape).numel())
-
-            def run(fn):
-                def go():
-                    x = nxt().requires_grad_(True)
-                    fn(x).sum().backward()
-                return go
-
-            x0 = nxt()
-            torch.testing.assert_close(ops.total_variation(x0), reference.total_variation(x0), rtol=1e-4, atol=1e-3)
-            row = {"device": device, "threads": threads, "shape": "x".join(map(str, shape)), "beta": 2.0}
-            row["interp_ext_ms"] = 1e3 * common.median_seconds(run(ops.total_variation), device, min_run_time)
-            row["eager_ms"] = 1e3 * common.median_seconds(run(reference.total_variation), device, min_run_time)
+            native, eager = setup(shape)
+            row = {"device": device, "threads": threads, "shape": "x".join(map(str, shape))}
+            row["interp_ext_ms"] = 1e3 * common.median_seconds(native, device, min_run_time)
+            row["eager_ms"] = 1e3 * common.median_seconds(eager, device, min_run_time)
             row["speedup_vs_eager"] = row["eager_ms"] / row["interp_ext_ms"]
             rows.append(row)
-            print(f"[{device} t={threads}] TV fwd+bwd {row['shape']}: interp_ext {row['interp_ext_ms']:.3g} ms, "
+            print(f"[{device} t={threads}] {label} {row['shape']}: interp_ext {row['interp_ext_ms']:.3g} ms, "
                   f"eager {row['eager_ms']:.3g} ms (x{row['speedup_vs_eager']:.1f})", flush=True)
     torch.set_num_threads(default_threads)
     return rows
+
+
+def tv_rows(device: str, shapes, min_run_time: float) -> list[dict]:
+    """Total variation (beta 2), forward + backward: native vs the eager reference."""
+    def setup(shape):
+        nxt = common.rotating(lambda: torch.rand(shape, device=device), device, 4 * torch.Size(shape).numel())
+        x0 = nxt()
+        torch.testing.assert_close(ops.total_variation(x0), reference.total_variation(x0), rtol=1e-4, atol=1e-3)
+
+        def run(fn):
+            def go():
+                x = nxt().requires_grad_(True)
+                fn(x).sum().backward()
+            return go
+
+        return run(ops.total_variation), run(reference.total_variation)
+
+    return [{**row, "beta": 2.0} for row in native_vs_eager_rows(device, "TV fwd+bwd", shapes, min_run_time, setup)]
 
 
 def regularize_rows(device: str, shapes, min_run_time: float) -> list[dict]:
     """One Yosinski regularisation step (every clip on, percentiles 10) in place: the native
     op vs the same step in eager float32 ops (torch.quantile per sample, masks)."""
-    rows = []
-    default_threads = torch.get_num_threads()
     kw = dict(decay=1e-3, grad_percentile=10.0, norm_percentile=10.0, contribution_percentile=10.0)
-    for threads in common.thread_settings(device):
-        torch.set_num_threads(threads)
-        for shape in shapes:
-            x0, g = torch.randn(shape, device=device), torch.randn(shape, device=device)
-            buf = x0.clone()
+
+    def setup(shape):
+        x0, g = torch.randn(shape, device=device), torch.randn(shape, device=device)
+        buf = x0.clone()
+        ops.regularize_step_(buf, g, 0.1, **kw)
+        torch.testing.assert_close(buf.double(), reference.regularize_step(x0, g, 0.1, **kw), rtol=1e-5, atol=1e-6)
+
+        def native():
+            buf.copy_(x0)
             ops.regularize_step_(buf, g, 0.1, **kw)
-            torch.testing.assert_close(buf.double(), reference.regularize_step(x0, g, 0.1, **kw), rtol=1e-5, atol=1e-6)
 
-            def native():
-                buf.copy_(x0)
-                ops.regularize_step_(buf, g, 0.1, **kw)
+        return native, lambda: reference.regularize_step(x0, g, 0.1, **kw, dtype=None)
 
-            row = {"device": device, "threads": threads, "shape": "x".join(map(str, shape))}
-            row["interp_ext_ms"] = 1e3 * common.median_seconds(native, device, min_run_time)
-            row["eager_ms"] = 1e3 * common.median_seconds(
-                lambda: reference.regularize_step(x0, g, 0.1, **kw, dtype=None), device, min_run_time)
-            row["speedup_vs_eager"] = row["eager_ms"] / row["interp_ext_ms"]
-            rows.append(row)
-            print(f"[{device} t={threads}] regularise step {row['shape']}: interp_ext {row['interp_ext_ms']:.3g} ms, "
-                  f"eager {row['eager_ms']:.3g} ms (x{row['speedup_vs_eager']:.1f})", flush=True)
-    torch.set_num_threads(default_threads)
-    return rows
+    return native_vs_eager_rows(device, "regularise step", shapes, min_run_time, setup)
 
 
 def loop_rows(device: str, steps: int, batch: int, size: int) -> list[dict]:
