@@ -76,6 +76,8 @@ def speedups(results: dict[str, dict]) -> list[dict]:
             add("Gaussian blur", case, label, r.get(f"speedup_vs_{peer}"), r["threads"])
     for r in results.get("blur", {}).get("tv", []):
         add("TV fwd+bwd", r["shape"], "eager reference", r.get("speedup_vs_eager"), r["threads"])
+    for r in results.get("blur", {}).get("regularize", []):
+        add("regularise step", r["shape"], "eager reference", r.get("speedup_vs_eager"), r["threads"])
     for r in results.get("blur", {}).get("loop", []):
         add("class-vis loop", f"{r['steps']} steps b{r['batch']}", "eager reference", r.get("speedup_vs_eager"), r["threads"])
     for r in results.get("occlusion", {}).get("occlusion", []):

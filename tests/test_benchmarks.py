@@ -19,7 +19,7 @@ def test_speedups_from_the_recorded_results():
     bars = run_all.speedups(_results())
     groups = {b["group"] for b in bars}
     assert {"guided ReLU backward", "GuidedBackprop e2e", "Grad-CAM reduction", "Grad-CAM e2e", "Occlusion",
-            "Gaussian blur", "TV fwd+bwd", "class-vis loop"} <= groups
+            "Gaussian blur", "TV fwd+bwd", "regularise step", "class-vis loop"} <= groups
     assert {b["against"] for b in bars} == {"eager reference", "Captum", "pytorch-grad-cam", "torchvision",
                                             "kornia (separable)"}
     assert all(b["speedup"] > 0 for b in bars)
