@@ -1,6 +1,7 @@
 """Grad-CAM: the native reduction (weights, weighted sum, ReLU, resize, min-max) vs the
 eager PyTorch reference, torch.compile of it and pytorch-grad-cam's NumPy/OpenCV path
-fed the same tensors; then Grad-CAM end to end on ResNet-50 vs Captum and pytorch-grad-cam.
+fed the same tensors; every variant vs the eager ``interp_ext.reference.gradcam``; then
+Grad-CAM end to end on ResNet-50 vs Captum and pytorch-grad-cam.
 
     python benchmarks/bench_gradcam.py [--device cpu|cuda] [--quick]
 """
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import interp_ext  # noqa: E402
-from interp_ext import ops  # noqa: E402
+from interp_ext import ops, reference  # noqa: E402
 
 SHAPES = [((64, 512, 14, 14), (224, 224)), ((64, 2048, 7, 7), (224, 224)), ((1, 2048, 7, 7), (224, 224))]
 
@@ -119,6 +120,30 @@ def reduction_rows(device: str, shapes, min_run_time: float) -> list[dict]:
     return rows
 
 
+def variant_rows(device: str, shapes, min_run_time: float) -> list[dict]:
+    """Each variant, native vs the eager reference (``reference.gradcam``, float32: the
+    same sequence of torch ops a user writes for it), resized to `size` and normalised."""
+    rows = []
+    default_threads = torch.get_num_threads()
+    for threads in common.thread_settings(device):
+        torch.set_num_threads(threads)
+        for shape, size in shapes:
+            a, g = torch.randn(shape, device=device).relu(), torch.randn(shape, device=device) * 1e-3
+            for variant in reference.GRADCAM_VARIANTS:
+                native = common.median_seconds(lambda: ops.gradcam(a, g, variant=variant, output_size=size), device,
+                                               min_run_time)
+                eager = common.median_seconds(lambda: reference.gradcam(a, g, variant, True, size, True), device,
+                                              min_run_time)
+                rows.append({"device": device, "threads": threads,
+                             "shape": "x".join(map(str, shape)) + "->" + "x".join(map(str, size)),
+                             "variant": variant, "native_ms": native * 1e3, "eager_ms": eager * 1e3,
+                             "speedup_vs_eager": eager / native})
+                print(f"[{device} t={threads} {rows[-1]['shape']} {variant}] native {native * 1e3:.2f} ms, "
+                      f"eager {eager * 1e3:.2f} ms (x{eager / native:.1f})", flush=True)
+    torch.set_num_threads(default_threads)
+    return rows
+
+
 def end_to_end_rows(device: str, batch: int, rounds: int) -> list[dict]:
     import torchvision
 
@@ -185,13 +210,17 @@ def main(argv=None) -> int:
     shapes = [((4, 64, 14, 14), (56, 56))] if args.quick else SHAPES
     min_run_time = 0.05 if args.quick else 0.5
     red = reduction_rows(args.device, shapes, min_run_time)
+    variants = variant_rows(args.device, shapes[:1] if args.quick else SHAPES[1:2], min_run_time)
     e2e = end_to_end_rows(args.device, 2 if args.quick else 16, 3 if args.quick else (20 if args.device == "cuda" else 9))
-    payload = {"machine": common.machine(args.device), "build": interp_ext.build_info(), "reduction": red, "end_to_end": e2e}
+    payload = {"machine": common.machine(args.device), "build": interp_ext.build_info(), "reduction": red, "variants": variants,
+               "end_to_end": e2e}
     md = "\n\n".join([
         f"### Grad-CAM reduction, {payload['machine']['device']} ({payload['machine']['cpu']}), torch {payload['machine']['torch']}",
         common.md_table(red, ["device", "threads", "dtype", "shape", "native_ms", "eager_ms", "compiled_ms",
                               "pytorch_grad_cam_ms", "copy_ms", "speedup_vs_eager", "speedup_vs_compiled",
                               "speedup_vs_pytorch_grad_cam", "vs_bytes_floor"]),
+        "### Grad-CAM variants vs the eager reference (resized, normalised)",
+        common.md_table(variants, ["device", "threads", "shape", "variant", "native_ms", "eager_ms", "speedup_vs_eager"]),
         "### Grad-CAM end to end (ResNet-50, random weights, 224x224, layer4)",
         common.md_table(e2e, ["device", "threads", "model", "batch", "interp_ext_s", "model_share", "captum_s",
                               "speedup_vs_captum", "pytorch_grad_cam_s", "speedup_vs_pytorch_grad_cam"]),

@@ -79,6 +79,16 @@ def test_constant_map_is_zero_not_nan():
     assert torch.equal(zero, torch.zeros(2, 1, 5, 5))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradcam_plus_plus_zero_denominators(dtype):
+    # channel 0 sums to -2, so at g = 1 the alpha denominator 2 g^2 + sum_a g^3 is 0 (term
+    # 0); g = 0.5 gives 0.5^3 / 0.25 = 0.5; g <= 0 gives 0. Channel 1 has no gradient.
+    a = torch.tensor([[[[-1.0, -1.0], [0.0, 0.0]], [[3.0, 1.0], [2.0, 5.0]]]], dtype=dtype)
+    g = torch.tensor([[[[1.0, 0.5], [0.0, -1.0]], [[0.0, 0.0], [0.0, 0.0]]]], dtype=dtype)
+    got = check(a, g, dtype, variant="gradcam++", relu=False, normalize=False)
+    assert torch.equal(got, (0.5 * a[:, :1]).to(dtype))
+
+
 def test_non_contiguous_and_empty():
     a, g = feature_maps((4, 6, 9, 8), torch.float32)
     at, gt = a.transpose(2, 3), g.transpose(2, 3)

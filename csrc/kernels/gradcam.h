@@ -22,12 +22,17 @@ C10_HOST_DEVICE inline bool is_elementwise(CamVariant v) {
 }
 
 // Grad-CAM++: relu(g) * alpha with alpha = g^2 / (2 g^2 + sum_a g^3); 0 where the
-// denominator vanishes. `sum_a` is the channel's activation sum.
+// denominator vanishes. `sum_a` is the channel's activation sum. Written without
+// branches or conditional division (a 0/1 factor and a safe denominator instead), so
+// the CPU reduction over a channel vectorises; GCC keeps a conditional division
+// scalar (it could trap). Same values as the conditional form.
 template <typename T>
 C10_HOST_DEVICE inline T gradcampp_term(T g, T sum_a) {
   const T g2 = g * g;
   const T denom = T(2) * g2 + sum_a * g2 * g;
-  return (g > T(0) && denom != T(0)) ? g * g2 / denom : T(0);
+  const T positive = g > T(0) ? g : T(0);
+  const T zero = static_cast<T>(denom == T(0));
+  return positive * g2 * (T(1) - zero) / (denom + zero);
 }
 
 template <typename T>
