@@ -42,12 +42,20 @@ def test_each_clip_removes_about_its_percentile():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("pct", [10.0, 37.5, 50.0, 62.0, 99.0])
+@pytest.mark.parametrize("pct", [10.0, 12.3, 37.5, 50.0, 62.0, 99.0])
 def test_percentile_thresholds_equal_torch_quantile(dtype, pct):
     """The gradient clip keeps |g| >= the per-sample percentile exactly as torch.quantile
-    (in g's dtype) puts it: ties (integer values, 1000 per sample) and interpolation
-    between distinct values (7 per sample, fractional ranks)."""
-    for g in (torch.randint(-5, 6, (3, 2, 20, 25)).to(dtype), torch.randn(4, 1, 1, 7, dtype=dtype)):
+    (in g's dtype) puts it: ties (integer values, 1000 per sample), interpolation between
+    distinct values (7 per sample, fractional ranks) and large samples, tied or not. A
+    mask only pins the threshold between two order statistics: whole ranks (the threshold
+    is the order statistic itself) catch a selection one rank too high, fractional ones
+    one too low."""
+    torch.manual_seed(0)
+    big = torch.randn(2, 3, 120, 130, dtype=dtype)  # 46800 per sample: every radix-selection pass
+    rounded = (big * 100).round() / 100 * (torch.rand_like(big) > 0.3)  # many ties, 30% zeros (some -0.0)
+    whole_rank = torch.randn(2, 1, 17, 2753, dtype=dtype)  # M - 1 = 46800: every pct here gives a whole rank
+    for g in (torch.randint(-5, 6, (3, 2, 20, 25)).to(dtype), torch.randn(4, 1, 1, 7, dtype=dtype), big, rounded,
+              whole_rank):
         got = torch.zeros_like(g)
         ops.regularize_step_(got, g, lr=1.0, grad_percentile=pct)  # x = 0: the kept gradient itself
         t = torch.quantile(g.abs().reshape(len(g), -1), pct / 100, dim=1).view(-1, 1, 1, 1)
