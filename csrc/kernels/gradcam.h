@@ -25,7 +25,7 @@ C10_HOST_DEVICE inline bool is_elementwise(CamVariant v) {
 // denominator vanishes. `sum_a` is the channel's activation sum. Written without
 // branches or conditional division (a 0/1 factor and a safe denominator instead), so
 // the CPU reduction over a channel vectorises; GCC keeps a conditional division
-// scalar (it could trap). Same values as the conditional form.
+// scalar (it could trap). Same values as the conditional form for finite gradients.
 template <typename T>
 C10_HOST_DEVICE inline T gradcampp_term(T g, T sum_a) {
   const T g2 = g * g;
