@@ -62,6 +62,23 @@ def test_percentile_thresholds_equal_torch_quantile(dtype, pct):
         assert torch.equal(got, torch.where(g.abs() >= t, g, torch.zeros_like(g)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_gives_the_quantile_nan_threshold(dtype):
+    """A NaN in a sample makes its percentile NaN, as torch.quantile (and so the CUDA
+    step) has it: every gradient (or pixel) of that sample is clipped, the others are not."""
+    x = torch.randn(3, 2, 10, 12, dtype=dtype)
+    g = torch.randn_like(x)
+    g[1, 0, 3, 4] = float("nan")
+    for kwargs, xs in ((dict(grad_percentile=20.0), torch.zeros_like(x)), (dict(norm_percentile=20.0), x.clone())):
+        if "norm_percentile" in kwargs:
+            xs[2, 1, 5, 6] = float("nan")
+        want = reference.regularize_step(xs, g, 1.0, dtype=None, **kwargs)
+        got = xs.clone()
+        ops.regularize_step_(got, g, 1.0, **kwargs)
+        assert torch.equal(got, want)
+    assert torch.equal(got[2], torch.zeros_like(got[2])) and got[0].ne(0).any()
+
+
 def test_half_precision_and_non_contiguous():
     x = torch.randn(2, 3, 8, 8)
     g = torch.randn_like(x)

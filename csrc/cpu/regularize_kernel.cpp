@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "../kernels/regularize.h"
@@ -79,10 +80,18 @@ T kth_smallest(const T* v, int64_t M, int64_t k, std::vector<K>& keys) {
   return from_order_key<T>(keys[0]);
 }
 
+template <typename T>
+bool any_nan(const T* v, int64_t n) {
+  int found = 0;
+#pragma omp simd reduction(| : found)
+  for (int64_t i = 0; i < n; ++i) found |= v[i] != v[i];
+  return found != 0;
+}
+
 // Per-row p-th percentile of a (N, M) tensor (0 where p == 0: nothing is clipped): the
 // same numbers as at::quantile (its rank and weight arithmetic, linear interpolation by
-// ATen's lerp; the CUDA step uses at::quantile itself), from the order statistics at
-// floor and ceil of the rank by selection instead of a sort.
+// ATen's lerp, NaN for a row with a NaN; the CUDA step uses at::quantile itself), from
+// the order statistics at floor and ceil of the rank by selection instead of a sort.
 at::Tensor percentile_by_selection(const at::Tensor& values, double pct) {
   const int64_t N = values.size(0), M = values.size(1);
   if (pct <= 0 || M == 0) return at::zeros({N}, values.options());
@@ -98,6 +107,10 @@ at::Tensor percentile_by_selection(const at::Tensor& values, double pct) {
       std::vector<K> keys;
       for (int64_t n = begin; n < end; ++n) {
         const scalar_t* row = v.const_data_ptr<scalar_t>() + n * M;
+        if (any_nan(row, M)) {  // as at::quantile: NaN (which then clips everything in the sample)
+          out.mutable_data_ptr<scalar_t>()[n] = std::numeric_limits<scalar_t>::quiet_NaN();
+          continue;
+        }
         const scalar_t a = kth_smallest(row, M, below, keys);
         scalar_t b = a;
         if (above != below) {  // the next order statistic: a again if tied, else the least value above a
