@@ -29,6 +29,8 @@ def test_knn_finds_the_item_itself_and_checks_arguments():
     db = torch.randn(50, 8)
     d, i = features.nearest_neighbors(db[[3, 17]], db, 1, database_chunk=7)
     assert i[:, 0].tolist() == [3, 17] and torch.allclose(d, torch.zeros_like(d), atol=1e-3)
+    d, i = features.nearest_neighbors(db[:0], db, 4)  # no queries: empty answers, not an error
+    assert d.shape == i.shape == (0, 4) and i.dtype == torch.long
     with pytest.raises(ValueError, match=r"k must be in \[1, 50\]"):
         features.nearest_neighbors(db[:2], db, 51)
     with pytest.raises(ValueError, match="same size per row"):

@@ -69,6 +69,8 @@ def nearest_neighbors(
         else:
             all_d.append(1 + best_d)
         all_i.append(best_i)
+    if not all_d:  # no queries
+        return torch.empty((0, k), dtype=q.dtype, device=q.device), torch.empty((0, k), dtype=torch.long, device=q.device)
     return torch.cat(all_d), torch.cat(all_i)
 
 
