@@ -103,26 +103,6 @@ def blur_rows(device: str, cases, min_run_time: float) -> list[dict]:
     return rows
 
 
-def native_vs_eager_rows(device: str, label: str, shapes, min_run_time: float, setup) -> list[dict]:
-    """Per thread setting and shape: ``setup(shape)`` checks the native op against the
-    reference and returns (native, eager) callables; their median times and ratio."""
-    rows = []
-    default_threads = torch.get_num_threads()
-    for threads in common.thread_settings(device):
-        torch.set_num_threads(threads)
-        for shape in shapes:
-            native, eager = setup(shape)
-            row = {"device": device, "threads": threads, "shape": "x".join(map(str, shape))}
-            row["interp_ext_ms"] = 1e3 * common.median_seconds(native, device, min_run_time)
-            row["eager_ms"] = 1e3 * common.median_seconds(eager, device, min_run_time)
-            row["speedup_vs_eager"] = row["eager_ms"] / row["interp_ext_ms"]
-            rows.append(row)
-            print(f"[{device} t={threads}] {label} {row['shape']}: interp_ext {row['interp_ext_ms']:.3g} ms, "
-                  f"eager {row['eager_ms']:.3g} ms (x{row['speedup_vs_eager']:.1f})", flush=True)
-    torch.set_num_threads(default_threads)
-    return rows
-
-
 def tv_rows(device: str, shapes, min_run_time: float) -> list[dict]:
     """Total variation (beta 2), forward + backward: native vs the eager reference."""
     def setup(shape):
@@ -138,7 +118,7 @@ def tv_rows(device: str, shapes, min_run_time: float) -> list[dict]:
 
         return run(ops.total_variation), run(reference.total_variation)
 
-    return [{**row, "beta": 2.0} for row in native_vs_eager_rows(device, "TV fwd+bwd", shapes, min_run_time, setup)]
+    return [{**row, "beta": 2.0} for row in common.native_vs_eager_rows(device, "TV fwd+bwd", shapes, min_run_time, setup)]
 
 
 def regularize_rows(device: str, shapes, min_run_time: float) -> list[dict]:
@@ -158,7 +138,7 @@ def regularize_rows(device: str, shapes, min_run_time: float) -> list[dict]:
 
         return native, lambda: reference.regularize_step(x0, g, 0.1, **kw, dtype=None)
 
-    return native_vs_eager_rows(device, "regularise step", shapes, min_run_time, setup)
+    return common.native_vs_eager_rows(device, "regularise step", shapes, min_run_time, setup)
 
 
 def loop_rows(device: str, steps: int, batch: int, size: int) -> list[dict]:

@@ -134,24 +134,18 @@ def variant_rows(device: str, shapes, min_run_time: float) -> list[dict]:
     """Each variant, native vs by hand in eager torch ops (`eager_variant`), resized to
     `size` and normalised."""
     rows = []
-    default_threads = torch.get_num_threads()
-    for threads in common.thread_settings(device):
-        torch.set_num_threads(threads)
+    for variant in reference.GRADCAM_VARIANTS:
         for shape, size in shapes:
-            a, g = torch.randn(shape, device=device).relu(), torch.randn(shape, device=device) * 1e-3
-            for variant in reference.GRADCAM_VARIANTS:
+            def setup(shape, variant=variant, size=size):
+                a, g = torch.randn(shape, device=device).relu(), torch.randn(shape, device=device) * 1e-3
                 want = eager_variant(a, g, variant, size)
                 torch.testing.assert_close(ops.gradcam(a, g, variant=variant, output_size=size), want, rtol=1e-4, atol=1e-4)
-                native = common.median_seconds(lambda: ops.gradcam(a, g, variant=variant, output_size=size), device,
-                                               min_run_time)
-                eager = common.median_seconds(lambda: eager_variant(a, g, variant, size), device, min_run_time)
-                rows.append({"device": device, "threads": threads,
-                             "shape": "x".join(map(str, shape)) + "->" + "x".join(map(str, size)),
-                             "variant": variant, "native_ms": native * 1e3, "eager_ms": eager * 1e3,
-                             "speedup_vs_eager": eager / native})
-                print(f"[{device} t={threads} {rows[-1]['shape']} {variant}] native {native * 1e3:.2f} ms, "
-                      f"eager {eager * 1e3:.2f} ms (x{eager / native:.1f})", flush=True)
-    torch.set_num_threads(default_threads)
+                return lambda: ops.gradcam(a, g, variant=variant, output_size=size), lambda: eager_variant(a, g, variant, size)
+
+            size_str = "x".join(map(str, size))
+            for r in common.native_vs_eager_rows(device, f"Grad-CAM {variant} ->{size_str}", [shape], min_run_time, setup):
+                r["native_ms"] = r.pop("interp_ext_ms")
+                rows.append({**r, "shape": f"{r['shape']}->{size_str}", "variant": variant})
     return rows
 
 

@@ -83,6 +83,26 @@ def thread_settings(device: str) -> Sequence[int]:
     return [default] if device == "cuda" else sorted({1, default})
 
 
+def native_vs_eager_rows(device: str, label: str, shapes, min_run_time: float, setup) -> list[dict]:
+    """Per thread setting and shape: ``setup(shape)`` checks the native op against the
+    reference and returns (native, eager) callables; their median times and ratio."""
+    rows = []
+    default_threads = torch.get_num_threads()
+    for threads in thread_settings(device):
+        torch.set_num_threads(threads)
+        for shape in shapes:
+            native, eager = setup(shape)
+            row = {"device": device, "threads": threads, "shape": "x".join(map(str, shape))}
+            row["interp_ext_ms"] = 1e3 * median_seconds(native, device, min_run_time)
+            row["eager_ms"] = 1e3 * median_seconds(eager, device, min_run_time)
+            row["speedup_vs_eager"] = row["eager_ms"] / row["interp_ext_ms"]
+            rows.append(row)
+            print(f"[{device} t={threads}] {label} {row['shape']}: interp_ext {row['interp_ext_ms']:.3g} ms, "
+                  f"eager {row['eager_ms']:.3g} ms (x{row['speedup_vs_eager']:.1f})", flush=True)
+    torch.set_num_threads(default_threads)
+    return rows
+
+
 def write(name: str, payload: dict, markdown: str, out_dir: Path | None = None) -> Path:
     out_dir = Path(out_dir or RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
