@@ -18,7 +18,8 @@ def _taps(n, k, dtype=torch.float32):
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("shape, kh, kw", [((2, 3, 9, 11), 3, 5), ((1, 2, 6, 7), 4, 2), ((2, 1, 5, 4), 9, 12),
                                            ((1, 1, 1, 6), 3, 3), ((3, 2, 16, 13), 1, 7),
-                                           ((2, 2, 12, 75), 5, 9)])  # rows: a register block, vectors, a tail
+                                           ((2, 2, 12, 75), 5, 9),  # rows: a register block, vectors, a tail
+                                           ((1, 2, 10, 123), 9, 9)])  # float32: blocks of 8, 4, 2 and 1 vectors, a tail
 def test_filter_matches_reference(dtype, tol, padding, shape, kh, kw):
     x = torch.randn(shape).to(dtype)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
