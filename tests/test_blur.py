@@ -1,4 +1,6 @@
 """gaussian_blur / separable_filter: reference, torchvision, borders, the adjoint backward."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -104,6 +106,32 @@ def test_blur_gradient_in_float32_and_through_gaussian_blur():
     torch.testing.assert_close(x.grad.double(), xd.grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_number_sigmas_equal_tensor_sigmas(dtype):
+    """A number or (sigma_h, sigma_w) takes the cached-taps path: the same numbers as the
+    same sigmas given as a tensor, for each dtype in turn (the cache is kept per dtype)."""
+    x = torch.randn(3, 2, 17, 23).to(dtype)  # N = 3: a (2,) tensor is then (sigma_h, sigma_w), not per sample
+    f64 = functools.partial(torch.tensor, dtype=torch.float64)  # the same numbers as the Python floats
+    for sigma, tensor in ((1.3, f64(1.3)), ((0.7, 1.6), f64([0.7, 1.6])), (2, f64(2.0))):
+        for kernel_size in (None, 5, (3, 8)):
+            want = ops.gaussian_blur(x, tensor, kernel_size)
+            for _ in range(2):  # the first call fills the cache, the second reads it
+                torch.testing.assert_close(ops.gaussian_blur(x, sigma, kernel_size), want, rtol=0, atol=0)
+
+
+def test_traced_blur_keeps_the_taps_cache_eager():
+    """Tracing with fake tensors makes the taps inside the trace: the cache stays free of
+    traced values, and the traced graph equals the eager call."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x = torch.randn(1, 2, 9, 9)
+    ops._number_taps.cache_clear()
+    traced = make_fx(lambda t: ops.gaussian_blur(t, 1.1), tracing_mode="fake")(x)
+    assert ops._number_taps.cache_info().currsize == 0
+    torch.testing.assert_close(traced(x), ops.gaussian_blur(x, 1.1), rtol=0, atol=0)
+    assert ops._number_taps.cache_info().currsize == 1  # one entry: both axes have the same sigma and size
+
+
 def test_non_contiguous_input():
     x = torch.rand(2, 9, 10, 3).permute(0, 3, 1, 2)
     torch.testing.assert_close(ops.gaussian_blur(x, 1.0), ops.gaussian_blur(x.contiguous(), 1.0))
@@ -155,6 +183,10 @@ def test_opcheck():
     [
         (lambda: ops.gaussian_blur(torch.rand(1, 3, 8, 8), 0.0), ValueError, "sigma must be positive"),
         (lambda: ops.gaussian_blur(torch.rand(1, 3, 8, 8), -1.0), ValueError, "sigma must be positive"),
+        (lambda: ops.gaussian_blur(torch.rand(1, 3, 8, 8), (1.0, float("nan"))), ValueError, "sigma must be positive"),
+        (lambda: ops.gaussian_blur(torch.rand(1, 3, 8, 8), float("inf")), ValueError, "sigma must be positive"),
+        (lambda: ops.gaussian_blur(torch.rand(1, 3, 8, 8), torch.tensor(float("nan"))), ValueError, "sigma must be positive"),
+        (lambda: ops.gaussian_blur(torch.rand(1, 3, 8, 8), (1.0, 2.0, 3.0)), ValueError, "sigma must be a number"),
         (lambda: ops.gaussian_blur(torch.rand(2, 3, 8, 8), torch.ones(3)), ValueError, r"sigma: a tensor must be"),
         (lambda: ops.gaussian_blur(torch.rand(1, 3, 8, 8), 1.0, 0), ValueError, "kernel_size must be a positive int"),
         (lambda: ops.gaussian_blur(torch.rand(3, 8, 8), 1.0), ValueError, r"x must be an \(N, C, H, W\)"),
