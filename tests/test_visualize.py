@@ -128,3 +128,64 @@ def test_universal_perturbation_beats_random_noise_on_held_out_images(bundled, p
         noise = torch.randn(v.shape, generator=gen)
         noise_rates.append(visualize.fooling_rate(bundled, held_out, (noise / noise.norm() * v.norm()).clamp(-norm, norm)))
     assert rate > max(noise_rates)
+
+
+class _CountingNet(torch.nn.Module):
+    """A tiny 10-class CNN that counts its forward passes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(128, 10))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.head(self.features(x))
+
+
+_IMG = torch.rand(2, 3, 32, 32)
+_CV = dict(steps=2, image_size=32)
+# (call, message, forward passes allowed before the error: 0 = checked before any model
+# call; 1 = a bound that needs the model's output, checked on its first pass)
+BAD_VISUALISATION_CALLS = [
+    (lambda m: visualize.class_visualization(m, -1, **_CV), r"target must be >= 0", 0),
+    (lambda m: visualize.class_visualization(m, 1.5, **_CV), r"target must be integer class indices", 0),
+    (lambda m: visualize.class_visualization(m, **_CV), r"give target \(class scores\) or layer and channel", 0),
+    (lambda m: visualize.class_visualization(m, 1, layer="features.0", channel=0, **_CV), r"not both", 0),
+    (lambda m: visualize.class_visualization(m, layer="features.0", **_CV), r"give target", 0),
+    (lambda m: visualize.class_visualization(m, 1, neuron="center", **_CV), r"neuron: a neuron belongs to a layer", 0),
+    (lambda m: visualize.class_visualization(m, layer="features.0", channel=0, neuron=(1,), **_CV), r"neuron must be None", 0),
+    (lambda m: visualize.class_visualization(m, 1, jitter=-1, **_CV), r"jitter, blur_every", 0),
+    (lambda m: visualize.class_visualization(m, 1, blur_sigma=0.0, **_CV), r"blur_sigma must be > 0", 0),
+    (lambda m: visualize.class_visualization(m, 1, norm_percentile=100.0, **_CV), r"norm_percentile must be in \[0, 100\)", 0),
+    (lambda m: visualize.class_visualization(m, 10, **_CV), r"target must be in \[0, 10\)", 1),
+    (lambda m: visualize.class_visualization(m, layer="features.0", channel=8, **_CV), r"channel must be in \[0, 8\)", 1),
+    (lambda m: visualize.class_visualization(m, layer="features.0", channel=0, neuron=(40, 0), **_CV), r"neuron \(y, x\) must be inside", 1),
+    (lambda m: visualize.deep_dream(m, _IMG * 2, "features.0", steps=1), r"image must be in \[0, 1\]", 0),
+    (lambda m: visualize.deep_dream(m, _IMG, "features.0", steps=1, lr=0.0), r"lr > 0", 0),
+    (lambda m: visualize.invert_features(m, _IMG - 1, "features.0", steps=1), r"image must be in \[0, 1\]", 0),
+    (lambda m: visualize.invert_features(m, _IMG, "features.0", steps=1, tv_beta=0.0), r"tv_beta > 0", 0),
+    (lambda m: visualize.invert_features(m, None, "features.0", features=torch.full((1, 8, 32, 32), float("nan")), steps=1),
+     r"features must be a finite", 0),
+    (lambda m: visualize.fgsm(m, _IMG * float("nan"), 0, 0.1), r"images must be in \[0, 1\]", 0),
+    (lambda m: visualize.fgsm(m, _IMG, [0, 10], 0.1), r"labels must be in \[0, 10\)", 1),
+    (lambda m: visualize.pgd(m, _IMG, [0, 1], 0.1, step_size=-1.0), r"step_size must be > 0", 0),
+    (lambda m: visualize.pgd(m, _IMG, [0, -1], 0.1), r"labels must be >= 0", 0),
+    (lambda m: visualize.fooling_image(m, _IMG, 10), r"target_class must be in \[0, 10\)", 1),
+    (lambda m: visualize.fooling_image(m, _IMG, [1, 2, 3]), r"target_class: one per image \(2\), got 3", 0),
+    (lambda m: visualize.fooling_rate(m, _IMG, torch.zeros(3, 5, 5)), r"perturbation must be \(3, H, W\)", 0),
+    (lambda m: visualize.universal_perturbation(m, _IMG, 0.1, max_passes=0), r"max_passes >= 1", 0),
+    (lambda m: visualize.universal_perturbation(m, _IMG, 0.1, candidates=11), r"candidates must be at most the model's 10", 1),
+]
+
+
+@pytest.mark.parametrize("call, match, passes", BAD_VISUALISATION_CALLS)
+def test_bad_inputs_raise_before_any_step(call, match, passes):
+    """A clear error naming the argument; raised before any model call, or for bounds that
+    need the model's output, on the first forward pass (no step taken)."""
+    net = _CountingNet().eval()
+    with pytest.raises(ValueError, match=match):
+        call(net)
+    assert net.calls == passes

@@ -49,6 +49,40 @@ def preprocessed(model: ModelLike, mean: Optional[Sequence[float]], std: Optiona
     return Preprocessed(net, as_t(m), as_t(s), size)
 
 
+def pixel_images(x, pre: Preprocessed, name: str = "images", single_ok: bool = False) -> torch.Tensor:
+    """``x`` checked as (N, 3, H, W) RGB in [0, 1] (``single_ok``: also (3, H, W)), as
+    float32 on the model's device."""
+    if single_ok and isinstance(x, torch.Tensor) and x.dim() == 3:
+        x = x[None]
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+        shapes = "(N, 3, H, W) or (3, H, W)" if single_ok else "(N, 3, H, W)"
+        raise ValueError(f"{name} must be {shapes} in [0, 1], got {getattr(x, 'shape', type(x).__name__)}")
+    if not bool(((x >= 0) & (x <= 1)).all()):  # NaN fails both comparisons
+        raise ValueError(f"{name} must be in [0, 1] (pixel space; the model's normalisation is applied inside)")
+    return x.detach().to(pre.mean.device).float()
+
+
+def class_indices(y, n: int, name: str, device=None) -> torch.Tensor:
+    """One class index >= 0 per image, (n,) long, from an int, a sequence or a tensor
+    (one value is used for every image); whether each is below the model's class count is
+    `check_below`'s job, once the logits are known."""
+    t = torch.as_tensor(y, device=device)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be integer class indices, got {t.dtype}")
+    t = t.long().flatten()
+    t = t.expand(n) if t.numel() == 1 else t
+    if t.numel() != n:
+        raise ValueError(f"{name}: one per image ({n}), got {t.numel()}")
+    if bool((t < 0).any()):
+        raise ValueError(f"{name} must be >= 0, got {t.tolist()}")
+    return t
+
+
+def check_below(t: torch.Tensor, limit: int, name: str, what: str = "the model's class count") -> None:
+    if bool((t >= limit).any()):
+        raise ValueError(f"{name} must be in [0, {limit}) ({what}), got {t.tolist()}")
+
+
 class _Stop(Exception):
     """Raised by a hook to end a forward pass once the layer that matters has run."""
 

@@ -10,25 +10,9 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from ._common import ModelLike, Preprocessed, preprocessed
+from ._common import ModelLike, Preprocessed, check_below, class_indices, pixel_images, preprocessed
 
 Labels = Union[int, Sequence[int], torch.Tensor]
-
-
-def _images(x: torch.Tensor, pre: Preprocessed) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"images must be (N, 3, H, W) in [0, 1], got {getattr(x, 'shape', type(x).__name__)}")
-    if x.min() < 0 or x.max() > 1:
-        raise ValueError("images must be in [0, 1] (pixel space; the model's normalisation is applied inside)")
-    return x.detach().to(pre.mean.device).float()
-
-
-def _labels(y: Labels, n: int, device) -> torch.Tensor:
-    t = torch.as_tensor(y, dtype=torch.long, device=device).flatten()
-    t = t.expand(n) if t.numel() == 1 else t
-    if t.numel() != n:
-        raise ValueError(f"labels: one per image ({n}), got {t.numel()}")
-    return t
 
 
 def _loss_grad(pre: Preprocessed, x: torch.Tensor, y: torch.Tensor, targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,6 +20,7 @@ def _loss_grad(pre: Preprocessed, x: torch.Tensor, y: torch.Tensor, targeted: bo
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = pre.model(pre.to_model(x))
+        check_below(y, logits.shape[1], "labels")
         loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
         (grad,) = torch.autograd.grad(-loss if targeted else loss, x)
     return grad, logits.detach()
@@ -49,8 +34,8 @@ def fgsm(model: ModelLike, images: torch.Tensor, labels: Labels, epsilon: float,
     if epsilon < 0:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
     pre = preprocessed(model, mean, std)
-    x = _images(images, pre)
-    grad, _ = _loss_grad(pre, x, _labels(labels, len(x), x.device), targeted)
+    x = pixel_images(images, pre)
+    grad, _ = _loss_grad(pre, x, class_indices(labels, len(x), "labels", x.device), targeted)
     return (x + epsilon * grad.sign()).clamp(0, 1)
 
 
@@ -63,9 +48,11 @@ def pgd(model: ModelLike, images: torch.Tensor, labels: Labels, epsilon: float, 
     targeted (towards them)."""
     if epsilon < 0 or steps < 1:
         raise ValueError(f"epsilon must be >= 0 and steps >= 1, got {epsilon}, {steps}")
+    if step_size is not None and not step_size > 0:
+        raise ValueError(f"step_size must be > 0 (or None for 2.5 epsilon / steps), got {step_size}")
     pre = preprocessed(model, mean, std)
-    x0 = _images(images, pre)
-    y = _labels(labels, len(x0), x0.device)
+    x0 = pixel_images(images, pre)
+    y = class_indices(labels, len(x0), "labels", x0.device)
     alpha = step_size if step_size is not None else 2.5 * epsilon / steps
     x = x0.clone()
     if random_start:
@@ -94,8 +81,8 @@ def fooling_image(model: ModelLike, images: torch.Tensor, target_class: Labels, 
     if step_size <= 0 or max_steps < 1:
         raise ValueError(f"step_size must be > 0 and max_steps >= 1, got {step_size}, {max_steps}")
     pre = preprocessed(model, mean, std)
-    x0 = _images(images, pre)
-    y = _labels(target_class, len(x0), x0.device)
+    x0 = pixel_images(images, pre)
+    y = class_indices(target_class, len(x0), "target_class", x0.device)
     x = x0.clone()
     steps = torch.full((len(x0),), max_steps, dtype=torch.long, device=x0.device)
     done = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
@@ -103,6 +90,7 @@ def fooling_image(model: ModelLike, images: torch.Tensor, target_class: Labels, 
         xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = pre.model(pre.to_model(xg))
+            check_below(y, logits.shape[1], "target_class")
             (grad,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), xg)
         newly = (logits.argmax(1) == y) & ~done
         steps[newly] = step
@@ -150,7 +138,10 @@ def fooling_rate(model: ModelLike, images: torch.Tensor, perturbation: torch.Ten
                  mean=None, std=None) -> float:
     """Fraction of images whose top-1 class changes when the perturbation is added."""
     pre = preprocessed(model, mean, std)
-    x = _images(images, pre)
+    x = pixel_images(images, pre)
+    if not isinstance(perturbation, torch.Tensor) or perturbation.shape not in (x.shape[1:], (1, *x.shape[1:])):
+        raise ValueError(f"perturbation must be (3, H, W) like the images {tuple(x.shape[1:])}, "
+                         f"got {getattr(perturbation, 'shape', type(perturbation).__name__)}")
     changed = 0
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
@@ -172,11 +163,17 @@ def universal_perturbation(model: ModelLike, images: torch.Tensor, max_norm: flo
     ``max_passes``."""
     if max_norm <= 0 or not 0 < target_rate <= 1:
         raise ValueError(f"max_norm must be > 0 and target_rate in (0, 1], got {max_norm}, {target_rate}")
+    if max_passes < 1 or candidates < 2 or deepfool_steps < 1 or overshoot < 0:
+        raise ValueError("need max_passes >= 1, candidates >= 2 (the label and at least one other class), "
+                         f"deepfool_steps >= 1 and overshoot >= 0; got {max_passes}, {candidates}, {deepfool_steps}, {overshoot}")
     pre = preprocessed(model, mean, std)
-    x = _images(images, pre)
+    x = pixel_images(images, pre)
     v = torch.zeros_like(x[0])
     with torch.no_grad():
-        clean = pre.model(pre.to_model(x)).argmax(1)
+        logits = pre.model(pre.to_model(x))
+    if candidates > logits.shape[1]:
+        raise ValueError(f"candidates must be at most the model's {logits.shape[1]} classes, got {candidates}")
+    clean = logits.argmax(1)
     rate, passes = 0.0, 0
     for passes in range(1, max_passes + 1):
         for i in tqdm(torch.randperm(len(x), generator=torch.Generator().manual_seed(passes)).tolist(),

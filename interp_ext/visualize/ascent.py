@@ -10,45 +10,42 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import ops
-from ._common import AscentResult, LayerTap, ModelLike, preprocessed
+from ._common import AscentResult, LayerTap, ModelLike, check_below, class_indices, pixel_images, preprocessed
 
 Target = Union[int, Sequence[int], torch.Tensor]
 
 
 def _objective(pre, target, layer, channel, neuron, batch: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """(N,) objective of a model-space batch: a class score (before softmax), or a layer's
-    channel (mean activation) or single neuron."""
+    channel (mean activation) or single neuron. Arguments are checked here, before any
+    model call, except the bounds that need the model's output (on the first call)."""
     if layer is None:
-        if target is None:
-            raise ValueError("target: give the class(es) to visualise, or a layer and channel")
-        t = torch.as_tensor(target, dtype=torch.long).flatten()
-        t = t.expand(batch) if t.numel() == 1 else t
-        if t.numel() != batch:
-            raise ValueError(f"target: one class per image ({batch}), got {t.numel()}")
+        t = class_indices(target, batch, "target")
 
         def score(x):
             logits = pre.model(x)
-            if t.max() >= logits.shape[1] or t.min() < 0:
-                raise ValueError(f"target must be in [0, {logits.shape[1]}), got {t.tolist()}")
+            check_below(t, logits.shape[1], "target")
             return logits.gather(1, t.to(x.device)[:, None])[:, 0]
 
         return score
     tap = LayerTap(pre.model, layer)
-    if channel is None:
-        raise ValueError("channel: a layer objective needs a channel (and optionally a neuron (y, x))")
-    channels = torch.as_tensor(channel, dtype=torch.long).flatten()
-    channels = channels.expand(batch) if channels.numel() == 1 else channels
+    channels = class_indices(channel, batch, "channel")
+    if not (neuron is None or neuron == "center" or (
+            isinstance(neuron, (tuple, list)) and len(neuron) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in neuron))):
+        raise ValueError(f'neuron must be None, "center" or (y, x) with ints >= 0, got {neuron!r}')
 
     def activation(x):
         act = tap(x)
         if act.dim() != 4:
             raise ValueError(f"layer {tap.name!r} must output (N, C, h, w), got {tuple(act.shape)}")
-        if channels.max() >= act.shape[1]:
-            raise ValueError(f"channel must be in [0, {act.shape[1]}) for layer {tap.name!r}, got {channels.tolist()}")
+        check_below(channels, act.shape[1], "channel", f"the channels of layer {tap.name!r}")
         sel = act[torch.arange(batch, device=x.device), channels.to(x.device)]  # (N, h, w)
         if neuron is None:
             return sel.mean(dim=(1, 2))
         y, xx = (act.shape[2] // 2, act.shape[3] // 2) if neuron == "center" else neuron
+        if y >= act.shape[2] or xx >= act.shape[3]:
+            raise ValueError(f"neuron (y, x) must be inside layer {tap.name!r}'s {act.shape[2]}x{act.shape[3]} map, got {neuron!r}")
         return sel[:, y, xx]
 
     return activation
@@ -111,9 +108,23 @@ def class_visualization(
         raise ValueError(f"steps must be >= 1 and lr > 0, got steps={steps}, lr={lr}")
     if init not in ("zeros", "random"):
         raise ValueError(f'init must be "zeros" or "random", got {init!r}')
+    if jitter < 0 or blur_every < 0 or history_every < 0 or decay < 0:
+        raise ValueError("jitter, blur_every, history_every and decay must be >= 0, "
+                         f"got {jitter}, {blur_every}, {history_every}, {decay}")
+    if blur_every > 0 and not blur_sigma > 0:
+        raise ValueError(f"blur_sigma must be > 0 (or blur_every=0 for no blur), got {blur_sigma}")
+    for name, q in (("grad_percentile", grad_percentile), ("norm_percentile", norm_percentile),
+                    ("contribution_percentile", contribution_percentile)):
+        if not 0 <= q < 100:
+            raise ValueError(f"{name} must be in [0, 100), got {q}")
+    if (layer is None) == (target is None) or (layer is not None and channel is None):
+        raise ValueError("give target (class scores) or layer and channel (an intermediate feature), not both, "
+                         f"got target={target!r}, layer={layer!r}, channel={channel!r}")
+    if neuron is not None and layer is None:
+        raise ValueError(f"neuron: a neuron belongs to a layer objective (layer=, channel=), got neuron={neuron!r}")
     pre = preprocessed(model, mean, std)
     if batch is None:
-        batch = len(torch.as_tensor(target).flatten()) if target is not None else len(torch.as_tensor(channel).flatten())
+        batch = len(torch.as_tensor(target if layer is None else channel).flatten())
     size = image_size or pre.input_size
     objective_fn = _objective(pre, target, layer, channel, neuron, batch)
     device = pre.mean.device
@@ -163,16 +174,14 @@ def deep_dream(
     gradient of the layer is set to its own activation (ascent on half its squared norm),
     over ``octaves`` scales (smallest first, ``octave_scale`` apart), detail carried from
     each scale to the next. The objective trace is the layer's activation norm per image."""
-    if image.dim() == 3:
-        image = image[None]
-    if image.dim() != 4 or image.shape[1] != 3:
-        raise ValueError(f"image must be (N, 3, H, W) or (3, H, W) in [0, 1], got {tuple(image.shape)}")
-    if octaves < 1 or octave_scale <= 1 or steps < 1:
-        raise ValueError(f"need octaves >= 1, octave_scale > 1 and steps >= 1, got {octaves}, {octave_scale}, {steps}")
+    if octaves < 1 or octave_scale <= 1 or steps < 1 or lr <= 0 or jitter < 0:
+        raise ValueError("need octaves >= 1, octave_scale > 1, steps >= 1, lr > 0 and jitter >= 0, "
+                         f"got {octaves}, {octave_scale}, {steps}, {lr}, {jitter}")
     pre = preprocessed(model, mean, std)
+    image = pixel_images(image, pre, "image", single_ok=True)
     tap = LayerTap(pre.model, layer)
     gen = torch.Generator().manual_seed(seed) if seed is not None else torch.Generator()
-    base = pre.to_model(image.to(pre.mean.device).float())
+    base = pre.to_model(image)
     h, w = base.shape[2:]
     sizes = [(max(1, round(h / octave_scale**k)), max(1, round(w / octave_scale**k))) for k in range(octaves - 1, -1, -1)]
     lo, hi = pre.bounds()

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import ops
-from ._common import LayerTap, ModelLike, preprocessed
+from ._common import LayerTap, ModelLike, pixel_images, preprocessed
 
 
 @dataclass
@@ -42,18 +42,20 @@ def invert_features(
     layer (the rest of the network is not run)."""
     if (image is None) == (features is None):
         raise ValueError("give exactly one of image= (to take its features) or features=")
-    if steps < 1 or lr <= 0 or tv_weight < 0:
-        raise ValueError(f"steps must be >= 1, lr > 0, tv_weight >= 0; got {steps}, {lr}, {tv_weight}")
+    if steps < 1 or lr <= 0 or tv_weight < 0 or not tv_beta > 0:
+        raise ValueError(f"steps must be >= 1, lr > 0, tv_weight >= 0, tv_beta > 0; got {steps}, {lr}, {tv_weight}, {tv_beta}")
     pre = preprocessed(model, mean, std)
     tap = LayerTap(pre.model, layer)
     device = pre.mean.device
     if image is not None:
-        if image.dim() == 3:
-            image = image[None]
+        image = pixel_images(image, pre, "image", single_ok=True)
         size = image.shape[2:]
         with torch.no_grad():
-            target = tap(pre.to_model(image.to(device).float()))
+            target = tap(pre.to_model(image))
     else:
+        if not isinstance(features, torch.Tensor) or features.dim() < 2 or not bool(torch.isfinite(features).all()):
+            raise ValueError(f"features must be a finite (N, ...) tensor of the layer's output, got "
+                             f"{getattr(features, 'shape', type(features).__name__)}")
         target = features.to(device).float()
         side = image_size or pre.input_size
         size = (side, side)
