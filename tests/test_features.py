@@ -305,3 +305,24 @@ def test_grabcut_from_a_rough_saliency_map():
     assert iou > 0.9 and overlay.size == (w, h)
     with pytest.raises(ValueError, match="constant"):
         features.saliency_segmentation(image, torch.zeros(h, w))
+
+
+_DB, _Q, _IMGS = torch.randn(50, 8), torch.randn(4, 8), torch.rand(6, 3, 16, 16)
+_NET = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: features.nearest_neighbors(_Q, _DB * float("nan"), 3), "database_features must be finite"),
+    (lambda: features.nearest_neighbors(_Q.clone().index_fill_(0, torch.tensor([1]), float("inf")), _DB, 3),
+     "query_features must be finite"),
+    (lambda: features.embed(_DB, "pca", 0), r"n_components must be >= 1"),
+    (lambda: features.embed(_DB, "pca", 9), r"min\(rows, columns\) = 8"),
+    (lambda: features.receptive_field(_NET, "2", 0), "input_size and channels must be positive"),
+    (lambda: features.neighbors_grid(_IMGS[:2], _IMGS, torch.tensor([[0, 99], [1, 2]])), "must index the 6 database images"),
+    (lambda: features.neighbors_grid(_IMGS[:2], _IMGS, torch.tensor([[0, 1]])), r"a row per query image \(2\)"),
+    (lambda: features.recall_at_k(torch.zeros(3, 2, dtype=torch.long), torch.zeros(4, 2, dtype=torch.long)),
+     "the exact search's 4 rows"),
+])
+def test_bad_arguments_are_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -18,6 +18,8 @@ def embed(features: Union[torch.Tensor, np.ndarray], method: Literal["pca", "tsn
     x = x.reshape(len(x), -1)
     if len(x) < 2:
         raise ValueError("embed needs at least 2 rows")
+    if not isinstance(n_components, int) or n_components < 1 or (method == "pca" and n_components > min(x.shape)):
+        raise ValueError(f"n_components must be >= 1 and, for PCA, <= min(rows, columns) = {min(x.shape)}, got {n_components!r}")
     from sklearn.decomposition import PCA
 
     if method == "pca":

@@ -70,5 +70,8 @@ def build_index(database_features: torch.Tensor, kind: Literal["flat", "ivfpq"] 
 
 def recall_at_k(approx_indices: torch.Tensor, exact_indices: torch.Tensor) -> float:
     """Fraction of the exact k nearest neighbours that the approximate search also returned."""
+    if approx_indices.dim() != 2 or approx_indices.shape[0] != exact_indices.shape[0]:
+        raise ValueError(f"approx_indices must be (Q, k') with the exact search's {exact_indices.shape[0]} rows, "
+                         f"got {tuple(approx_indices.shape)}")
     hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx_indices, exact_indices))
     return hits / exact_indices.numel()

@@ -12,6 +12,8 @@ Metric = Literal["l2", "cosine"]
 def _as_matrix(name: str, t: torch.Tensor) -> torch.Tensor:
     if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() < 2:
         raise ValueError(f"{name} must be a floating-point (N, ...) tensor, got {getattr(t, 'shape', type(t).__name__)}")
+    if not bool(torch.isfinite(t).all()):  # a NaN would rank arbitrarily; scikit-learn refuses it too
+        raise ValueError(f"{name} must be finite (it holds NaN or inf)")
     return t.flatten(1)
 
 
@@ -80,6 +82,12 @@ def neighbors_grid(query_images: torch.Tensor, database_images: torch.Tensor, in
     Images are (N, 3, H, W) in [0, 1]."""
     from PIL import Image
 
+    if not isinstance(indices, torch.Tensor) or indices.dim() != 2 or indices.shape[0] != len(query_images):
+        raise ValueError(f"indices must be (Q, k) with a row per query image ({len(query_images)}), "
+                         f"got {getattr(indices, 'shape', type(indices).__name__)}")
+    if indices.numel() and not 0 <= int(indices.min()) <= int(indices.max()) < len(database_images):
+        raise ValueError(f"indices must index the {len(database_images)} database images, "
+                         f"got values in [{int(indices.min())}, {int(indices.max())}]")
     k = indices.shape[1]
     width = (k + 1) * (size + padding) + 2 * padding + padding
     canvas = Image.new("RGB", (width, len(query_images) * (size + padding) + padding), "white")

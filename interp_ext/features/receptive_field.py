@@ -135,6 +135,8 @@ def receptive_field(model: nn.Module, layer: Union[str, nn.Module], input_size: 
     pooling) have no fixed receptive field and raise."""
     (name, module), = resolve_layers(model, layer)
     h, w = _pair(input_size)
+    if h < 1 or w < 1 or channels < 1:
+        raise ValueError(f"input_size and channels must be positive, got {input_size!r}, {channels!r}")
     p = next(model.parameters(), None)
     x = torch.zeros(1, channels, h, w, device=p.device if p is not None else "cpu", dtype=p.dtype if p is not None else None)
     captured = []
