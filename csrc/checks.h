@@ -109,7 +109,7 @@ inline std::pair<int64_t, int64_t> cam_output_size(const char* op, const at::Ten
   if (!output_size.has_value()) return {features.size(2), features.size(3)};
   const auto s = *output_size;
   TORCH_CHECK(s.size() == 2 && s[0] > 0 && s[1] > 0, op,
-              ": output_size must be two positive ints (H, W), got ", std::to_string(s.size()), " values");
+              ": output_size must be two positive ints (H, W), got ", s);
   return {s[0], s[1]};
 }
 

@@ -125,7 +125,7 @@ def test_opcheck():
         (lambda: ops.gradcam(torch.rand(2, 3, 4), torch.rand(2, 3, 4)), r"activations must be 4-D \(N, K, h, w\)"),
         (lambda: ops.gradcam(torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4).double()), "same dtype"),
         (lambda: ops.gradcam(torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4), variant="scorecam"), 'variant must be one of "gradcam"'),
-        (lambda: ops.gradcam(torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4), output_size=(0, 4)), "output_size must be two positive ints"),
+        (lambda: ops.gradcam(torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4), output_size=(0, 4)), r"output_size must be two positive ints \(H, W\), got \[0, 4\]"),
         (lambda: ops.gradcam(torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4), output_size=(4,)), "output_size must be two positive ints"),
         (lambda: ops.gradcam(torch.ones(2, 3, 4, 4, dtype=torch.int32), torch.ones(2, 3, 4, 4, dtype=torch.int32)), "activations must be a floating"),
         (lambda: ops.gradcam(torch.rand(2, 3, 0, 4), torch.rand(2, 3, 0, 4)), "non-empty spatial size"),
