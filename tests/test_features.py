@@ -229,8 +229,15 @@ def test_tcav_planted_concept_scores_near_one_and_is_significant():
     concept = noise(40) + 3 * v.view(1, 3, 4, 4)  # the concept: activations along v
     randoms = [noise(40) for _ in range(6)]
     class_inputs = noise(60)
+    passes = []
+    model.register_forward_pre_hook(lambda m, args: passes.append(len(args[0])))
     res = features.TCAV(model, "feat", batch_size=16).interpret(class_inputs, 0, concept, randoms)["feat"]
     assert res.score > 0.95 and res.significant and res.cav_accuracy > 0.9
+    # activations of the concept and the 6 random sets (3 batches each), then the class
+    # inputs' gradients once (4 batches), shared by the concept and the random CAVs
+    assert len(passes) == 7 * 3 + 4 and sum(passes) == 7 * 40 + 60
+    with pytest.raises(ValueError, match=r"target must be in \[0, 2\)"):
+        features.TCAV(model, "feat").interpret(class_inputs, 2, concept, randoms)
     # a random "concept" is not significant
     fake = features.TCAV(model, "feat").interpret(class_inputs, 0, noise(40), randoms)["feat"]
     assert not fake.significant

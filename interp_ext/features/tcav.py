@@ -50,6 +50,12 @@ def train_cav(positive: np.ndarray, negative: np.ndarray, seed: int = 0) -> tupl
     return w / (np.linalg.norm(w) + 1e-12), float(clf.score(x, y))
 
 
+def _positive_fractions(grads: np.ndarray, cavs: Sequence[np.ndarray]) -> list[float]:
+    """Per CAV, the fraction of rows of `grads` (layer gradients) with a positive
+    directional derivative along it: the TCAV score."""
+    return [float((grads @ cav > 0).mean()) for cav in cavs]
+
+
 class TCAV:
     """``TCAV(model, layers).interpret(class_inputs, target, concept_inputs, random_inputs)``.
 
@@ -78,6 +84,8 @@ class TCAV:
             try:
                 with torch.enable_grad():
                     out = self.model(x)
+                    if isinstance(target, int) and not 0 <= target < out.shape[1]:
+                        raise ValueError(f"target must be in [0, {out.shape[1]}) (the model's outputs), got {target}")
                     score = out[:, target] if isinstance(target, int) else target(out)
                     (g,) = torch.autograd.grad(score.sum(), held["act"])
             finally:
@@ -87,8 +95,7 @@ class TCAV:
 
     def scores(self, layer: str, class_inputs: torch.Tensor, target: Target, cavs: Sequence[np.ndarray]) -> list[float]:
         """Fraction of class inputs whose directional derivative along each CAV is positive."""
-        g = self._layer_gradients(layer, class_inputs, target)
-        return [float((g @ cav > 0).mean()) for cav in cavs]
+        return _positive_fractions(self._layer_gradients(layer, class_inputs, target), cavs)
 
     def interpret(self, class_inputs: torch.Tensor, target: Target, concept_inputs: torch.Tensor,
                   random_inputs: Sequence[torch.Tensor], seed: int = 0) -> dict[str, LayerTCAV]:
@@ -105,8 +112,9 @@ class TCAV:
             randoms = [_acts(self.model, layer, r, self.batch_size) for r in random_inputs]
             concept_cavs = [train_cav(concept, r, seed) for r in randoms]
             random_cavs = [train_cav(randoms[i], randoms[(i + 1) % len(randoms)], seed) for i in range(len(randoms))]
-            s_concept = self.scores(layer, class_inputs, target, [c for c, _ in concept_cavs])
-            s_random = self.scores(layer, class_inputs, target, [c for c, _ in random_cavs])
+            grads = self._layer_gradients(layer, class_inputs, target)  # once for both sets of CAVs
+            s_concept = _positive_fractions(grads, [c for c, _ in concept_cavs])
+            s_random = _positive_fractions(grads, [c for c, _ in random_cavs])
             if np.std(s_concept) == 0 and np.std(s_random) == 0:
                 p = 1.0 if np.mean(s_concept) == np.mean(s_random) else 0.0
             else:
