@@ -329,6 +329,8 @@ _NET = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3
     (lambda: features.neighbors_grid(_IMGS[:2], _IMGS, torch.tensor([[0, 1]])), r"a row per query image \(2\)"),
     (lambda: features.recall_at_k(torch.zeros(3, 2, dtype=torch.long), torch.zeros(4, 2, dtype=torch.long)),
      "the exact search's 4 rows"),
+    (lambda: features.top_activating_patches(_NET, "0", [-1], list(_IMGS), k=2), r"channels must be ints >= 0"),
+    (lambda: features.top_activating_patches(_NET, "0", [0], [], k=2), "dataset is empty"),
 ])
 def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):

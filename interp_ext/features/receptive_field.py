@@ -195,6 +195,10 @@ def top_activating_patches(model: nn.Module, layer: Union[str, nn.Module], chann
     chans = [channels] if isinstance(channels, int) else list(channels)
     if k < 1 or not chans:
         raise ValueError("k must be >= 1 and at least one channel given")
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in chans):
+        raise ValueError(f"channels must be ints >= 0, got {chans}")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty")
     (name, _), = resolve_layers(model, layer)
     p = next(model.parameters(), None)
     dev = torch.device(device) if device is not None else (p.device if p is not None else torch.device("cpu"))
