@@ -223,7 +223,7 @@ def _tensor_sigmas(sigma: torch.Tensor, batch: int, device: torch.device) -> tor
         s = s[None]
     elif not (s.dim() == 2 and s.shape == (batch, 2)):
         raise ValueError(f"sigma: a tensor must be a scalar, (2,), (N,) or (N, 2) with N = {batch}, got {tuple(s.shape)}")
-    if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
+    if not bool((torch.isfinite(s) & (s > 0)).all()):  # one device read
         raise ValueError(f"sigma must be positive and finite, got {s.flatten().tolist()}")
     return s
 
@@ -281,7 +281,7 @@ def gaussian_blur(
     if isinstance(sigma, torch.Tensor):
         s = _tensor_sigmas(sigma, x.shape[0], x.device)
         if kernel_size is None:
-            sizes = [gaussian_kernel_size(float(s[:, a].max())) for a in (0, 1)]
+            sizes = [gaussian_kernel_size(v) for v in s.amax(0).tolist()]
         taps_h, taps_w = (gaussian_taps(s[:, a], sizes[a]).to(compute) for a in (0, 1))
     else:
         pair = _number_sigmas(sigma)
