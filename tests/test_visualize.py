@@ -151,7 +151,7 @@ _CV = dict(steps=2, image_size=32)
 # call; 1 = a bound that needs the model's output, checked on its first pass)
 BAD_VISUALISATION_CALLS = [
     (lambda m: visualize.class_visualization(m, -1, **_CV), r"target must be >= 0", 0),
-    (lambda m: visualize.class_visualization(m, 1.5, **_CV), r"target must be integer class indices", 0),
+    (lambda m: visualize.class_visualization(m, 1.5, **_CV), r"target must be integer indices", 0),
     (lambda m: visualize.class_visualization(m, **_CV), r"give target \(class scores\) or layer and channel", 0),
     (lambda m: visualize.class_visualization(m, 1, layer="features.0", channel=0, **_CV), r"not both", 0),
     (lambda m: visualize.class_visualization(m, layer="features.0", **_CV), r"give target", 0),

@@ -62,13 +62,13 @@ def pixel_images(x, pre: Preprocessed, name: str = "images", single_ok: bool = F
     return x.detach().to(pre.mean.device).float()
 
 
-def class_indices(y, n: int, name: str, device=None) -> torch.Tensor:
-    """One class index >= 0 per image, (n,) long, from an int, a sequence or a tensor
-    (one value is used for every image); whether each is below the model's class count is
-    `check_below`'s job, once the logits are known."""
+def indices_per_image(y, n: int, name: str, device=None) -> torch.Tensor:
+    """One index >= 0 per image (a class, a channel), (n,) long, from an int, a sequence or
+    a tensor (one value is used for every image); whether each is below the model's class
+    or channel count is `check_below`'s job, once the model's output is known."""
     t = torch.as_tensor(y, device=device)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"{name} must be integer class indices, got {t.dtype}")
+        raise ValueError(f"{name} must be integer indices, got {t.dtype}")
     t = t.long().flatten()
     t = t.expand(n) if t.numel() == 1 else t
     if t.numel() != n:

@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from ._common import ModelLike, Preprocessed, check_below, class_indices, pixel_images, preprocessed
+from ._common import ModelLike, Preprocessed, check_below, indices_per_image, pixel_images, preprocessed
 
 Labels = Union[int, Sequence[int], torch.Tensor]
 
@@ -35,7 +35,7 @@ def fgsm(model: ModelLike, images: torch.Tensor, labels: Labels, epsilon: float,
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
     pre = preprocessed(model, mean, std)
     x = pixel_images(images, pre)
-    grad, _ = _loss_grad(pre, x, class_indices(labels, len(x), "labels", x.device), targeted)
+    grad, _ = _loss_grad(pre, x, indices_per_image(labels, len(x), "labels", x.device), targeted)
     return (x + epsilon * grad.sign()).clamp(0, 1)
 
 
@@ -52,7 +52,7 @@ def pgd(model: ModelLike, images: torch.Tensor, labels: Labels, epsilon: float, 
         raise ValueError(f"step_size must be > 0 (or None for 2.5 epsilon / steps), got {step_size}")
     pre = preprocessed(model, mean, std)
     x0 = pixel_images(images, pre)
-    y = class_indices(labels, len(x0), "labels", x0.device)
+    y = indices_per_image(labels, len(x0), "labels", x0.device)
     alpha = step_size if step_size is not None else 2.5 * epsilon / steps
     x = x0.clone()
     if random_start:
@@ -82,7 +82,7 @@ def fooling_image(model: ModelLike, images: torch.Tensor, target_class: Labels, 
         raise ValueError(f"step_size must be > 0 and max_steps >= 1, got {step_size}, {max_steps}")
     pre = preprocessed(model, mean, std)
     x0 = pixel_images(images, pre)
-    y = class_indices(target_class, len(x0), "target_class", x0.device)
+    y = indices_per_image(target_class, len(x0), "target_class", x0.device)
     x = x0.clone()
     steps = torch.full((len(x0),), max_steps, dtype=torch.long, device=x0.device)
     done = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)

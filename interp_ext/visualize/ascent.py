@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import ops
-from ._common import AscentResult, LayerTap, ModelLike, check_below, class_indices, pixel_images, preprocessed
+from ._common import AscentResult, LayerTap, ModelLike, check_below, indices_per_image, pixel_images, preprocessed
 
 Target = Union[int, Sequence[int], torch.Tensor]
 
@@ -20,7 +20,7 @@ def _objective(pre, target, layer, channel, neuron, batch: int) -> Callable[[tor
     channel (mean activation) or single neuron. Arguments are checked here, before any
     model call, except the bounds that need the model's output (on the first call)."""
     if layer is None:
-        t = class_indices(target, batch, "target")
+        t = indices_per_image(target, batch, "target")
 
         def score(x):
             logits = pre.model(x)
@@ -29,7 +29,7 @@ def _objective(pre, target, layer, channel, neuron, batch: int) -> Callable[[tor
 
         return score
     tap = LayerTap(pre.model, layer)
-    channels = class_indices(channel, batch, "channel")
+    channels = indices_per_image(channel, batch, "channel")
     if not (neuron is None or neuron == "center" or (
             isinstance(neuron, (tuple, list)) and len(neuron) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in neuron))):
