@@ -259,7 +259,8 @@ def gaussian_blur(
 ) -> torch.Tensor:
     """Gaussian blur of ``x (N, C, H, W)``, separable and fused in one native pass.
 
-    ``sigma``: a number, ``(sigma_h, sigma_w)``, or per sample ``(N,)`` / ``(N, 2)``.
+    ``sigma``: a number, ``(sigma_h, sigma_w)``, or per sample ``(N,)`` / ``(N, 2)`` (a
+    tensor of 2 values with N = 2 is read per sample; pass ``(2, 2)`` or a tuple for the axes).
     ``kernel_size``: an int or ``(k_h, k_w)``; default `gaussian_kernel_size` of the largest
     sigma per axis (odd, covering +-3 sigma). For the same odd size and sigma the result
     equals torchvision's ``gaussian_blur`` (which takes ``[k_w, k_h]``, width first). An
