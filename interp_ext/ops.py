@@ -159,13 +159,7 @@ def occlusion_accumulate(
 
 
 def occlusion_window_count(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> int:
-    """How many windows the occlusion ops slide over a (C, H, W) shape (the ops' own
-    checks: each window in [1, size], each stride positive)."""
-    if not len(shape) == len(window) == len(stride) == 3:
-        raise ValueError(f"shape, window and stride must have 3 values (C, H, W), got {shape!r}, {window!r}, {stride!r}")
-    for name, d, w, s in zip("CHW", shape, window, stride):
-        if not 1 <= w <= d or s < 1:
-            raise ValueError(f"window {name} = {w} must be in [1, {d}] (the input size) and stride {name} = {s} positive")
+    """How many windows the occlusion ops slide over a (C, H, W) shape."""
     total = 1
     for d, w, s in zip(shape, window, stride):
         total *= (d - w + s - 1) // s + 1

@@ -100,17 +100,6 @@ def test_bad_inputs(call, match):
     with pytest.raises(RuntimeError, match=match):
         call()
 
-
-@pytest.mark.parametrize("shape, window, stride, match", [
-    ((3, 8, 8), (3, 9, 2), (1, 1, 1), r"window H = 9 must be in \[1, 8\]"),
-    ((3, 8, 8), (3, 2, 2), (1, 1, 0), r"stride W = 0 positive"),
-    ((3, 8, 8), (3, 2), (1, 1, 1), r"must have 3 values"),
-])
-def test_window_count_checks_like_the_ops(shape, window, stride, match):
-    with pytest.raises(ValueError, match=match):
-        ops.occlusion_window_count(shape, window, stride)
-
-
 @pytest.mark.needs_cuda
 @pytest.mark.parametrize("shape, window, stride", GEOMETRIES)
 @pytest.mark.parametrize("dtype", DTYPES)
