@@ -173,6 +173,7 @@ BAD_VISUALISATION_CALLS = [
     (lambda m: visualize.fgsm(m, _IMG, [0, 10], 0.1), r"labels must be in \[0, 10\)", 1),
     (lambda m: visualize.pgd(m, _IMG, [0, 1], 0.1, step_size=-1.0), r"step_size must be > 0", 0),
     (lambda m: visualize.pgd(m, _IMG, [0, -1], 0.1), r"labels must be >= 0", 0),
+    (lambda m: visualize.pgd(m, _IMG, [0, 10], 0.1), r"labels must be in \[0, 10\)", 1),
     (lambda m: visualize.fooling_image(m, _IMG, 10), r"target_class must be in \[0, 10\)", 1),
     (lambda m: visualize.fooling_image(m, _IMG, [1, 2, 3]), r"target_class: one per image \(2\), got 3", 0),
     (lambda m: visualize.fooling_rate(m, _IMG, torch.zeros(3, 5, 5)), r"perturbation must be \(3, H, W\)", 0),

@@ -26,7 +26,7 @@ def check_inputs(inputs: torch.Tensor, *, name: str = "inputs", min_dim: int = 2
 
 def normalize_target(target: Target, batch: int, device: torch.device) -> Optional[torch.Tensor]:
     """An int, a sequence or a tensor -> a (batch,) int64 tensor on `device`; None stays
-    None (top-1, resolved once the logits exist). Range is checked by `check_target_range`."""
+    None (top-1, resolved once the logits exist). Range is checked by `resolve_target`."""
     if target is None:
         return None
     if isinstance(target, bool):
@@ -54,11 +54,16 @@ def resolve_target(target: Optional[torch.Tensor], logits: torch.Tensor) -> torc
         raise ValueError(f"the model must return (N, num_classes) scores, got shape {tuple(logits.shape)}")
     if target is None:
         return logits.detach().argmax(dim=1)
-    num_classes = logits.shape[1]
-    bad = (target < 0) | (target >= num_classes)
-    if bad.any():
-        raise ValueError(f"target must be in [0, {num_classes}) for a model with {num_classes} outputs, got {target[bad].tolist()}")
+    check_index_range(target, logits.shape[1])
     return target
+
+
+def check_index_range(t: torch.Tensor, limit: int, name: str = "target", what: Optional[str] = None) -> None:
+    """Every value of `t` in [0, limit), else a ValueError naming the argument and the
+    out-of-range values (`what`: where the limit comes from)."""
+    bad = (t < 0) | (t >= limit)
+    if bad.any():
+        raise ValueError(f"{name} must be in [0, {limit}) for {what or f'a model with {limit} outputs'}, got {t[bad].tolist()}")
 
 
 def input_gradients(

@@ -65,7 +65,7 @@ def pixel_images(x, pre: Preprocessed, name: str = "images", single_ok: bool = F
 def indices_per_image(y, n: int, name: str, device=None) -> torch.Tensor:
     """One index >= 0 per image (a class, a channel), (n,) long, from an int, a sequence or
     a tensor (one value is used for every image); whether each is below the model's class
-    or channel count is `check_below`'s job, once the model's output is known."""
+    or channel count is `check_index_range`'s job, once the model's output is known."""
     t = torch.as_tensor(y, device=device)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name} must be integer indices, got {t.dtype}")
@@ -76,11 +76,6 @@ def indices_per_image(y, n: int, name: str, device=None) -> torch.Tensor:
     if bool((t < 0).any()):
         raise ValueError(f"{name} must be >= 0, got {t.tolist()}")
     return t
-
-
-def check_below(t: torch.Tensor, limit: int, name: str, what: str = "the model's class count") -> None:
-    if bool((t >= limit).any()):
-        raise ValueError(f"{name} must be in [0, {limit}) ({what}), got {t.tolist()}")
 
 
 class _Stop(Exception):

@@ -10,17 +10,22 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from ._common import ModelLike, Preprocessed, check_below, indices_per_image, pixel_images, preprocessed
+from ..attr._common import check_index_range
+from ._common import ModelLike, Preprocessed, indices_per_image, pixel_images, preprocessed
 
 Labels = Union[int, Sequence[int], torch.Tensor]
 
 
-def _loss_grad(pre: Preprocessed, x: torch.Tensor, y: torch.Tensor, targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of the per-image cross-entropy, signed so that ascending it attacks, and the logits."""
+def _loss_grad(pre: Preprocessed, x: torch.Tensor, y: torch.Tensor, targeted: bool,
+               check_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of the per-image cross-entropy, signed so that ascending it attacks, and the
+    logits. ``check_labels``: check ``y`` against the class count first (once per attack is
+    enough: the check reads the device; an out-of-range label would fail on it)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = pre.model(pre.to_model(x))
-        check_below(y, logits.shape[1], "labels")
+        if check_labels:
+            check_index_range(y, logits.shape[1], "labels")
         loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
         (grad,) = torch.autograd.grad(-loss if targeted else loss, x)
     return grad, logits.detach()
@@ -58,8 +63,8 @@ def pgd(model: ModelLike, images: torch.Tensor, labels: Labels, epsilon: float, 
     if random_start:
         gen = torch.Generator().manual_seed(seed) if seed is not None else torch.Generator()
         x = (x0 + (torch.rand(x0.shape, generator=gen) * 2 - 1).to(x0.device) * epsilon).clamp(0, 1)
-    for _ in range(steps):
-        grad, _ = _loss_grad(pre, x, y, targeted)
+    for step in range(steps):
+        grad, _ = _loss_grad(pre, x, y, targeted, check_labels=step == 0)
         x = torch.min(torch.max(x + alpha * grad.sign(), x0 - epsilon), x0 + epsilon).clamp(0, 1)
     return x
 
@@ -90,7 +95,8 @@ def fooling_image(model: ModelLike, images: torch.Tensor, target_class: Labels, 
         xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = pre.model(pre.to_model(xg))
-            check_below(y, logits.shape[1], "target_class")
+            if step == 0:  # once: the check reads the device
+                check_index_range(y, logits.shape[1], "target_class")
             (grad,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), xg)
         newly = (logits.argmax(1) == y) & ~done
         steps[newly] = step

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import ops
-from ._common import AscentResult, LayerTap, ModelLike, check_below, indices_per_image, pixel_images, preprocessed
+from ..attr._common import check_index_range
+from ._common import AscentResult, LayerTap, ModelLike, indices_per_image, pixel_images, preprocessed
 
 Target = Union[int, Sequence[int], torch.Tensor]
 
@@ -24,7 +25,7 @@ def _objective(pre, target, layer, channel, neuron, batch: int) -> Callable[[tor
 
         def score(x):
             logits = pre.model(x)
-            check_below(t, logits.shape[1], "target")
+            check_index_range(t, logits.shape[1])
             return logits.gather(1, t.to(x.device)[:, None])[:, 0]
 
         return score
@@ -39,7 +40,7 @@ def _objective(pre, target, layer, channel, neuron, batch: int) -> Callable[[tor
         act = tap(x)
         if act.dim() != 4:
             raise ValueError(f"layer {tap.name!r} must output (N, C, h, w), got {tuple(act.shape)}")
-        check_below(channels, act.shape[1], "channel", f"the channels of layer {tap.name!r}")
+        check_index_range(channels, act.shape[1], "channel", f"layer {tap.name!r}'s {act.shape[1]} channels")
         sel = act[torch.arange(batch, device=x.device), channels.to(x.device)]  # (N, h, w)
         if neuron is None:
             return sel.mean(dim=(1, 2))
