@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ._common import Target, check_inputs, normalize_target, resolve_target
+from ._common import Target, check_inputs, in_eval_mode, model_output, normalize_target, resolve_target
 from .gradient import GuidedBackprop
 
 LayerSpec = Union[str, nn.Module]
@@ -154,6 +154,7 @@ class _GradCAMBase:
     def __exit__(self, *exc):
         return False  # hooks live only inside attribute(); nothing to release
 
+    @in_eval_mode
     def attribute(
         self,
         inputs: torch.Tensor,
@@ -168,15 +169,17 @@ class _GradCAMBase:
         function of the model output returning one score per sample. ``output_size``:
         ``"input"`` (the input's H, W), ``None`` (the layer's resolution, the numbers
         Captum's ``LayerGradCam`` gives with ``normalize=False``) or ``(H, W)``.
+
+        ``inputs``: a finite batch in the model's dtype. The model runs in eval mode (a
+        model in train mode gets every module's flag back afterwards, also on an error);
+        it must return one tensor of scores (a tuple or dict is a ``TypeError``).
         """
-        check_inputs(inputs)
+        check_inputs(inputs, model=self.model)
         size = _size(output_size, inputs)
         target_t = None if callable(target) else normalize_target(target, inputs.shape[0], inputs.device)
         with _Capture(self.layers) as cap, torch.no_grad():  # the hooks turn autograd on
-            logits = self.model(inputs)
+            logits = model_output(self.model(inputs))
             acts = cap.get()
-        if not isinstance(logits, torch.Tensor):
-            raise TypeError(f"the model must return a tensor, got {type(logits).__name__}")
         with torch.enable_grad():  # the score is part of the graph, also inside a caller's no_grad
             score = _scores(logits, target, target_t)
             grads = torch.autograd.grad(score.sum(), acts)
@@ -238,13 +241,16 @@ class CAM:
     def __exit__(self, *exc):
         return False
 
+    @in_eval_mode
     def attribute(self, inputs: torch.Tensor, target: Target = None, output_size: OutputSize = "input",
                   normalize: bool = True) -> CAMResult:
-        check_inputs(inputs)
+        """Maps for a batch from one forward pass; arguments as `GradCAM.attribute` (no
+        score functions). The model runs in eval mode, its flags restored afterwards."""
+        check_inputs(inputs, model=self.model)
         size = _size(output_size, inputs)
         target_t = normalize_target(target, inputs.shape[0], inputs.device)
         with _Capture(self.layers, start_autograd=False) as cap, torch.no_grad():
-            logits = self.model(inputs)
+            logits = model_output(self.model(inputs))
             (features,) = cap.get()
         if features.shape[1] != self.fc.in_features:
             raise ValueError(
@@ -264,7 +270,11 @@ class GuidedGradCAM:
         self.gradcam = GradCAM(model, target_layer)
         self.guided = GuidedBackprop(model)
 
+    @in_eval_mode
     def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
+        """Input-shaped maps for a batch of images; the model runs in eval mode (its flags
+        restored afterwards)."""
+        check_inputs(inputs, min_dim=4, model=self.model)
         if inputs.dim() != 4:
             raise ValueError(f"inputs must be images (N, C, H, W), got shape {tuple(inputs.shape)}")
         cams = self.gradcam.attribute(inputs, target=target, output_size="input")

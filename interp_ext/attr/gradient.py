@@ -6,14 +6,16 @@ import torch
 from torch import nn
 
 from .. import ops
-from ._common import Target, check_inputs, input_gradients
+from ._common import Target, check_inputs, in_eval_mode, input_gradients
 from .rectifiers import RectifierMode
 
 
 class Saliency:
     """Gradient of the target score with respect to the input.
 
-    The model is used as it is: put it in ``eval()`` mode yourself for attribution.
+    The model runs in eval mode (BatchNorm's running statistics, no Dropout); a model in
+    train mode gets every module's ``training`` flag back afterwards, also on an error.
+    Inputs must be finite and in the model's dtype; the model must return one tensor.
     """
 
     def __init__(self, model: nn.Module):
@@ -29,7 +31,7 @@ class Saliency:
 
     def saliency_map(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
         """The Simonyan et al. map: ``max_c |gradient|``, shape ``(N, H, W)``."""
-        check_inputs(inputs, min_dim=4)
+        check_inputs(inputs, min_dim=4, model=self.model)
         if inputs.dim() != 4:
             raise ValueError(f"inputs must be images (N, C, H, W), got shape {tuple(inputs.shape)}")
         grad, _ = input_gradients(self.model, inputs, target)
@@ -46,7 +48,8 @@ class _RectifierRuleMethod:
         """Input-shaped attributions for a batch.
 
         ``target``: None (each sample's top-1 class), an int, or one class per sample.
-        The model is not modified; rectifiers are rerouted only during the forward.
+        The model is not modified; rectifiers are rerouted only during the forward, which
+        runs in eval mode (every module's flag restored afterwards).
         """
         grad, _ = input_gradients(self.model, inputs, target, RectifierMode(self.rule))
         return grad

@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import ops
-from ._common import Target, check_inputs, normalize_target, resolve_target
+from ._common import Target, check_finite, check_inputs, in_eval_mode, model_output, normalize_target, resolve_target
 
 Window = Union[int, Sequence[int]]
 
@@ -34,6 +34,7 @@ def _baseline(baselines, inputs: torch.Tensor) -> torch.Tensor:
     a (1 or N, C, H, W) tensor in the inputs' dtype and device."""
     n, c, h, w = inputs.shape
     if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
+        check_finite(torch.tensor(float(baselines)), "baselines")
         return torch.full((1, c, h, w), float(baselines), dtype=inputs.dtype, device=inputs.device)
     if not isinstance(baselines, torch.Tensor):
         raise TypeError(f"baselines must be a number or a tensor, got {type(baselines).__name__}")
@@ -53,8 +54,7 @@ def _baseline(baselines, inputs: torch.Tensor) -> torch.Tensor:
             f"baselines must be a number, (C,) = ({c},), (C, H, W) = {(c, h, w)} or (1 or N, C, H, W), "
             f"got shape {tuple(b.shape)}"
         )
-    if torch.isnan(b).any():
-        raise ValueError("baselines contains NaN")
+    check_finite(b, "baselines")
     return b.contiguous()
 
 
@@ -96,12 +96,14 @@ class Occlusion:
     element the mean drop of the target score over the windows that cover it.
 
     Same arguments and numbers as Captum's ``Occlusion`` for image batches (N, C, H, W).
-    ``refine=`` trades exactness for speed: see `attribute`.
+    ``refine=`` trades exactness for speed: see `attribute`. The model runs in eval mode
+    (a model in train mode gets every module's flag back afterwards, also on an error).
     """
 
     def __init__(self, model: nn.Module):
         self.model = model
 
+    @in_eval_mode
     def attribute(
         self,
         inputs: torch.Tensor,
@@ -130,7 +132,7 @@ class Occlusion:
         effect is large and interpolated elsewhere (BENCHMARKS.md gives measured time
         and SSIM against the exact map).
         """
-        check_inputs(inputs, min_dim=4)
+        check_inputs(inputs, min_dim=4, model=self.model)
         if inputs.dim() != 4:
             raise ValueError(f"inputs must be images (N, C, H, W), got shape {tuple(inputs.shape)}")
         n, c, h, w = inputs.shape
@@ -153,7 +155,7 @@ class Occlusion:
         coarse_stride = tuple(s * -(-wd // s) for s, wd in zip(stride, window))
 
         with torch.no_grad():
-            clean = self.model(x, *_expand_args(additional_forward_args, n, 1))
+            clean = model_output(self.model(x, *_expand_args(additional_forward_args, n, 1)))
             idx = resolve_target(target_t, clean)
             clean_score = clean.gather(1, idx[:, None])[:, 0]
             # one buffer for every chunk: on CPU a fresh 100s-of-MB batch per chunk costs page faults
@@ -166,7 +168,7 @@ class Occlusion:
                 for start in tqdm(starts, desc=desc, unit="chunk", disable=not show_progress):
                     count = min(perturbations_per_eval, count_total - start)
                     batch = build(start, count, buffer[: count * n])  # copy-major
-                    out = self.model(batch, *_expand_args(additional_forward_args, n, count))
+                    out = model_output(self.model(batch, *_expand_args(additional_forward_args, n, count)))
                     scores = out.gather(1, idx.repeat(count)[:, None]).view(count, n)
                     diffs[:, start : start + count] = clean_score[:, None] - scores.t()
                 return diffs

@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import ops
-from ._common import Target, check_inputs, normalize_target, resolve_target
+from ._common import Target, check_inputs, in_eval_mode, model_output, normalize_target, resolve_target
 from .occlusion import _baseline, _expand_args
 
 # "all" enumerates F! permutations; beyond this it is no longer a sensible request.
@@ -84,12 +84,15 @@ class ShapleySampling:
     change of the target score it causes, so the attributions of one permutation sum to
     ``f(x) - f(baseline)`` exactly (efficiency); the estimate is their mean over the
     permutations. Same arguments and numbers as Captum's ``ShapleyValueSampling`` for
-    image batches (given the same permutations: the same ``torch.manual_seed``).
+    image batches (given the same permutations: the same ``torch.manual_seed``). The
+    model runs in eval mode (a model in train mode gets every module's flag back
+    afterwards, also on an error).
     """
 
     def __init__(self, model: nn.Module):
         self.model = model
 
+    @in_eval_mode
     def attribute(
         self,
         inputs: torch.Tensor,
@@ -114,7 +117,7 @@ class ShapleySampling:
         ``perturbations_per_eval``: copies of each image per model call; memory is
         bounded by it.
         """
-        check_inputs(inputs, min_dim=4)
+        check_inputs(inputs, min_dim=4, model=self.model)
         if inputs.dim() != 4:
             raise ValueError(f"inputs must be images (N, C, H, W), got shape {tuple(inputs.shape)}")
         if not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
@@ -135,11 +138,11 @@ class ShapleySampling:
         total = samples * inner
 
         with torch.no_grad():
-            clean = self.model(x, *_expand_args(additional_forward_args, n, 1))
+            clean = model_output(self.model(x, *_expand_args(additional_forward_args, n, 1)))
             idx = resolve_target(target_t, clean)
             scores = torch.empty(n, samples, num_features + 1, dtype=torch.float64, device=x.device)
             scores[:, :, num_features] = clean.gather(1, idx[:, None]).double()
-            empty = self.model(base.expand(n, c, h, w).contiguous(), *_expand_args(additional_forward_args, n, 1))
+            empty = model_output(self.model(base.expand(n, c, h, w).contiguous(), *_expand_args(additional_forward_args, n, 1)))
             scores[:, :, 0] = empty.gather(1, idx[:, None]).double()
             inner_scores = torch.empty(n, total, dtype=torch.float64, device=x.device)
             buffer = torch.empty((min(perturbations_per_eval, max(total, 1)) * n, c, h, w), dtype=x.dtype, device=x.device)
@@ -149,7 +152,7 @@ class ShapleySampling:
                 j = torch.arange(start, start + count, device=x.device)
                 present = rank[j // inner] < (j % inner + 1)[:, None]
                 batch = ops.feature_batch(x, base, mask, present, out=buffer[: count * n])  # copy-major
-                out = self.model(batch, *_expand_args(additional_forward_args, n, count))
+                out = model_output(self.model(batch, *_expand_args(additional_forward_args, n, count)))
                 inner_scores[:, start : start + count] = out.gather(1, idx.repeat(count)[:, None]).view(count, n).t().double()
             scores[:, :, 1:num_features] = inner_scores.view(n, samples, inner)
             gains = scores[:, :, 1:] - scores[:, :, :-1]  # (N, S, F): gain of the feature added at each step

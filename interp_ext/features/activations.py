@@ -13,14 +13,17 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..attr._common import in_eval_mode
 from ..attr.cam import resolve_layers
 
 LayerSpec = Union[str, nn.Module]
 
 
+@in_eval_mode
 def capture(model: nn.Module, layers: Union[LayerSpec, Sequence[LayerSpec]], inputs: torch.Tensor) -> dict[str, torch.Tensor]:
     """The named layers' outputs for one forward pass of ``inputs`` (no autograd), as
-    ``{name: tensor}``. Hooks exist only during the call."""
+    ``{name: tensor}``. Hooks exist only during the call; the model runs in eval mode (its
+    flags restored afterwards)."""
     named = resolve_layers(model, layers)
     out: dict[str, torch.Tensor] = {}
     handles = [module.register_forward_hook(lambda _m, _i, o, name=name: out.__setitem__(name, o.detach()))
@@ -38,6 +41,7 @@ def _first_tensor(item: Any) -> torch.Tensor:
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
+@in_eval_mode
 def extract_features(
     model: nn.Module,
     layer: LayerSpec,

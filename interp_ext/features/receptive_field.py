@@ -12,6 +12,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
+from ..attr._common import in_eval_mode
 from ..attr.cam import resolve_layers
 
 _CONV = {"conv2d"}
@@ -126,6 +127,7 @@ class _GeometryMode(TorchFunctionMode):
         return Axis(axes[0].jump, end - start, start)
 
 
+@in_eval_mode
 def receptive_field(model: nn.Module, layer: Union[str, nn.Module], input_size: Union[int, tuple[int, int]] = 224,
                     channels: int = 3) -> ReceptiveField:
     """The receptive field of ``layer``'s outputs, traced through one forward pass of a
@@ -182,6 +184,7 @@ class TopPatches:
         return canvas
 
 
+@in_eval_mode
 def top_activating_patches(model: nn.Module, layer: Union[str, nn.Module], channels: Union[int, Sequence[int]], dataset,
                            k: int = 9, *, batch_size: int = 32, device=None, normalize=None,
                            show_progress: bool = False) -> TopPatches:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attr._common import in_eval_mode
 from ..attr.cam import resolve_layers
 from .activations import capture
 
@@ -61,7 +62,8 @@ class TCAV:
 
     ``target``: a class index (its logit) or a function of the model output giving one
     score per sample. The directional derivatives of the target along each CAV come from
-    one backward pass per batch (gradients of the layer output for the whole batch)."""
+    one backward pass per batch (gradients of the layer output for the whole batch). The
+    model runs in eval mode, every module's flag restored afterwards."""
 
     def __init__(self, model: nn.Module, layers: Union[str, Sequence[str]], batch_size: int = 32):
         self.model = model
@@ -93,10 +95,12 @@ class TCAV:
             grads.append(g.flatten(1).float().cpu().numpy())
         return np.concatenate(grads)
 
+    @in_eval_mode
     def scores(self, layer: str, class_inputs: torch.Tensor, target: Target, cavs: Sequence[np.ndarray]) -> list[float]:
         """Fraction of class inputs whose directional derivative along each CAV is positive."""
         return _positive_fractions(self._layer_gradients(layer, class_inputs, target), cavs)
 
+    @in_eval_mode
     def interpret(self, class_inputs: torch.Tensor, target: Target, concept_inputs: torch.Tensor,
                   random_inputs: Sequence[torch.Tensor], seed: int = 0) -> dict[str, LayerTCAV]:
         """Per layer: the concept's TCAV score with one CAV per random set (concept vs that

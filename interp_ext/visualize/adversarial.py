@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..attr._common import check_index_range
+from ..attr._common import check_index_range, in_eval_mode
 from ._common import ModelLike, Preprocessed, indices_per_image, pixel_images, preprocessed
 
 Labels = Union[int, Sequence[int], torch.Tensor]
@@ -31,6 +31,7 @@ def _loss_grad(pre: Preprocessed, x: torch.Tensor, y: torch.Tensor, targeted: bo
     return grad, logits.detach()
 
 
+@in_eval_mode
 def fgsm(model: ModelLike, images: torch.Tensor, labels: Labels, epsilon: float, *, targeted: bool = False,
          mean=None, std=None) -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al.): one L-inf step of size ``epsilon``
@@ -44,6 +45,7 @@ def fgsm(model: ModelLike, images: torch.Tensor, labels: Labels, epsilon: float,
     return (x + epsilon * grad.sign()).clamp(0, 1)
 
 
+@in_eval_mode
 def pgd(model: ModelLike, images: torch.Tensor, labels: Labels, epsilon: float, *, step_size: Optional[float] = None,
         steps: int = 10, targeted: bool = False, random_start: bool = True, seed: Optional[int] = 0,
         mean=None, std=None) -> torch.Tensor:
@@ -78,6 +80,7 @@ class FoolingResult:
     l2: torch.Tensor  # (N,) L2 size
 
 
+@in_eval_mode
 def fooling_image(model: ModelLike, images: torch.Tensor, target_class: Labels, *, step_size: float = 1 / 255,
                   max_steps: int = 100, mean=None, std=None, show_progress: bool = False) -> FoolingResult:
     """Change each image by small sign steps of the target class's score gradient until
@@ -140,6 +143,7 @@ class UniversalResult:
     passes: int
 
 
+@in_eval_mode
 def fooling_rate(model: ModelLike, images: torch.Tensor, perturbation: torch.Tensor, *, batch_size: int = 32,
                  mean=None, std=None) -> float:
     """Fraction of images whose top-1 class changes when the perturbation is added."""
@@ -158,6 +162,7 @@ def fooling_rate(model: ModelLike, images: torch.Tensor, perturbation: torch.Ten
     return changed / max(1, len(x))
 
 
+@in_eval_mode
 def universal_perturbation(model: ModelLike, images: torch.Tensor, max_norm: float = 10 / 255, *,
                            target_rate: float = 0.8, max_passes: int = 5, candidates: int = 10,
                            overshoot: float = 0.02, deepfool_steps: int = 10, mean=None, std=None,

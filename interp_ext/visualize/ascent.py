@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import ops
-from ..attr._common import check_index_range
+from ..attr._common import check_index_range, in_eval_mode
 from ._common import AscentResult, LayerTap, ModelLike, indices_per_image, pixel_images, preprocessed
 
 Target = Union[int, Sequence[int], torch.Tensor]
@@ -66,6 +66,7 @@ def _jittered_ascent_direction(objective: Callable[[torch.Tensor], torch.Tensor]
     return grad / (grad.abs().mean(dim=(1, 2, 3), keepdim=True) + 1e-12), obj.detach()
 
 
+@in_eval_mode
 def class_visualization(
     model: ModelLike,
     target: Optional[Target] = None,
@@ -156,6 +157,7 @@ def class_visualization(
     return AscentResult(pre.to_pixels(x).clamp(0, 1).detach(), x.detach(), torch.stack(trace), history)
 
 
+@in_eval_mode
 def deep_dream(
     model: ModelLike,
     image: torch.Tensor,

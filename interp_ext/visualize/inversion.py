@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import ops
+from ..attr._common import in_eval_mode
 from ._common import LayerTap, ModelLike, pixel_images, preprocessed
 
 
@@ -19,6 +20,7 @@ class InversionResult:
     feature_distance: torch.Tensor  # (steps + 1, N): ||phi(x) - phi0||^2 / ||phi0||^2 before each step and at the end
 
 
+@in_eval_mode
 def invert_features(
     model: ModelLike,
     image: Optional[torch.Tensor] = None,
