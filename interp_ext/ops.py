@@ -269,9 +269,13 @@ def gaussian_blur(
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x must be an (N, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
     if kernel_size is not None:
-        sizes = [kernel_size] * 2 if isinstance(kernel_size, int) else list(kernel_size)
+        # ints only, as torchvision: a float (even 3.0), a string or a tensor is refused
+        if isinstance(kernel_size, int):
+            sizes = [kernel_size] * 2
+        else:
+            sizes = list(kernel_size) if isinstance(kernel_size, (tuple, list)) else []
         if len(sizes) != 2 or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in sizes):
-            raise ValueError(f"kernel_size must be a positive int or (k_h, k_w), got {kernel_size!r}")
+            raise ValueError(f"kernel_size must be a positive int or (k_h, k_w) of ints, got {kernel_size!r}")
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     if isinstance(sigma, torch.Tensor):
         s = _tensor_sigmas(sigma, x.shape[0], x.device)
