@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ex.add_argument("--target", default="top1", help="top1, a class index, or a CSV of image,label rows")
     ex.add_argument("--layer", help="Grad-CAM layer (dotted module name); default: the model's last spatial layer")
+    ex.add_argument("--force", action="store_true",
+                    help="redo every image, also those whose record shows they were made with this configuration")
     ex.add_argument("--quiet", action="store_true", help="no progress bar or report")
     ex.set_defaults(func=_explain)
 
@@ -103,6 +105,56 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+# Errors that are the user's (bad options, files, a full disk): one line, no traceback.
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, AttributeError, OSError)
+
+
+class _Ranks:
+    """The ranks of one run agree on the outcome of every phase: each phase ends with
+    every rank sharing (ok, message, payload), so a rank that fails never leaves a peer
+    waiting in a collective the failed rank will not join. One process: no collectives."""
+
+    def __init__(self, rank: int, world: int):
+        self.rank, self.world = rank, world
+
+    def phase(self, fn, expected=_USER_ERRORS) -> tuple[bool, str, object]:
+        """Run `fn` here; (True, '', result) or (False, message, None). Unexpected errors
+        propagate in a single process (a traceback); under torchrun they are printed here
+        and shared like the others, so every rank ends."""
+        try:
+            return True, "", fn()
+        except expected as e:
+            return False, str(e) or type(e).__name__, None
+        except Exception as e:
+            if self.world == 1:
+                raise
+            import traceback
+
+            traceback.print_exc()
+            return False, f"{type(e).__name__}: {e}", None
+
+    def agree(self, result: tuple[bool, str, object]) -> list[tuple[bool, str, object]]:
+        if self.world == 1:
+            return [result]
+        import torch.distributed as dist
+
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, result)
+        return gathered
+
+    def failed(self, results: list[tuple[bool, str, object]], code: int) -> int:
+        """0 if every rank succeeded; else print the failures (every rank its own, rank 0
+        all of them) and return `code` on every rank."""
+        bad = [(r, msg) for r, (ok, msg, _) in enumerate(results) if not ok]
+        if not bad:
+            return 0
+        for r, msg in bad:
+            if self.rank == 0 or r == self.rank:
+                where = f" (rank {r})" if self.world > 1 else ""
+                print(f"interp-ext explain: error{where}: {msg}", file=sys.stderr)
+        return code
+
+
 def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         methods = job.parse_methods(args.methods)
@@ -121,50 +173,82 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     config = job.ExplainConfig(inputs=args.inputs, out=args.out, methods=methods, model=args.model, weights=args.weights,
                                batch_size=args.batch_size, device=device, target=args.target, layer=args.layer,
-                               quiet=args.quiet or rank > 0)
-    failed = False
+                               quiet=args.quiet or rank > 0, force=args.force)
+    ranks = _Ranks(rank, world)
+    state: dict = {}
     try:
-        try:
-            prep = job.prepare(config)
-        except (ValueError, TypeError, FileNotFoundError, ImportError, AttributeError) as e:
-            print(f"interp-ext explain: error: {e}", file=sys.stderr)
-            return 2
-        if rank == 0:
-            for s in prep.skipped:
-                print(f"interp-ext: skipped {s['source']}: {s['reason']}", file=sys.stderr)
-        part = job.run(prep, prep.images[rank::world])
-        parts = [part]
-        if world > 1:
-            import torch.distributed as dist
-
-            parts = [None] * world
-            dist.all_gather_object(parts, part)
-        if rank == 0:
-            summary = job.summarize(prep, parts, job.read_previous(args.out))
-            job.write_summary(args.out, summary)
-            gallery = job.write_gallery(args.out, summary)
-            job.write_contact_sheet(args.out, summary)
-            if not args.quiet:
-                t = summary["timing"]
-                rate = f", {t['images_per_second']} img/s" if t["images_per_second"] else ""
-                print(f"explained {t['processed_this_run']} images ({len(summary['images'])} in {args.out}{rate}); "
-                      f"{len(summary['skipped'])} skipped; gallery: {gallery.resolve()}")
-        else:
-            summary = {"images": {key: {} for p in parts for key in p["images"]}}
-        if not summary["images"]:
-            print("interp-ext explain: no image could be processed", file=sys.stderr)
-            return 1
-        return 0
-    except BaseException:
-        failed = True
-        raise
+        return _explain_phases(config, args, ranks, state)
     finally:
+        for held in (state.get("prep"), state.get("checked")):
+            if held is not None and held.lock is not None:
+                held.lock.release()
         if world > 1:
             import torch.distributed as dist
 
-            if not failed:  # a gloo rank that tears down while a peer still uses the group can abort
-                dist.barrier()
             dist.destroy_process_group()
+
+
+def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks: _Ranks, state: dict) -> int:
+    owner = ranks.rank == 0
+    # 1. checks that need no model, the inputs, the lock of an existing --out
+    def check():
+        state["checked"] = job.check(config, owner=owner)
+        return len(state["checked"].images)
+
+    results = ranks.agree(ranks.phase(check))
+    if ranks.failed(results, 2):
+        return 2
+    checked = state["checked"]
+    if owner:
+        for s in checked.skipped:
+            print(f"interp-ext: skipped {s['source']}: {s['reason']}", file=sys.stderr)
+    if not results[0][2]:  # rank 0's inputs decide, on every rank
+        if owner:
+            print("interp-ext explain: no image could be processed", file=sys.stderr)
+        return 1
+    # 2. the model and the methods; the owner creates --out and holds its lock
+    def load():
+        prep = state["prep"] = job.load(checked)
+        if owner:
+            job.claim(prep)
+        return None
+
+    if ranks.failed(ranks.agree(ranks.phase(load)), 2):
+        return 2
+    prep = state["prep"]
+    # 3. every rank its shard; each image's record is durable as soon as it is written
+    results = ranks.agree(ranks.phase(lambda: job.run(prep, prep.images[ranks.rank::ranks.world])))
+    if ranks.failed(results, 1):
+        if owner:
+            print("interp-ext explain: the images finished so far are kept; run the same command again to resume",
+                  file=sys.stderr)
+        return 1
+    parts = [part for _, _, part in results]
+
+    # 4. rank 0: summary.json, index.html, gallery.png (from the records)
+    def finish():
+        if not owner:
+            return None
+        summary = job.summarize(prep, parts)
+        job.write_summary(config.out, summary)
+        gallery = job.write_gallery(config.out, summary)
+        job.write_contact_sheet(config.out, summary)
+        state["summary"] = summary, gallery
+
+    if ranks.failed(ranks.agree(ranks.phase(finish)), 1):
+        return 1
+    if owner and not args.quiet:
+        summary, gallery = state["summary"]
+        t = summary["timing"]
+        rate = f", {t['images_per_second']} img/s" if t["images_per_second"] else ""
+        print(f"explained {t['processed_this_run']} images ({len(summary['images'])} in {job.display_name(config.out)}"
+              f"{rate}); {len(summary['skipped'])} skipped; gallery: {job.display_name(gallery.resolve())}")
+    finished = sum(len(part["images"]) for part in parts)
+    if not finished:
+        if owner:
+            print("interp-ext explain: no image could be processed", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _ints(spec: str, name: str) -> list[int]:

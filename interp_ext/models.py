@@ -150,12 +150,21 @@ def load_image(image: ImageLike) -> Image.Image:
 
 
 def center_crop(image: Image.Image, resize_size: int, crop_size: int) -> Image.Image:
+    """Resize the short side to `resize_size` (each side at least `crop_size`), then take
+    the centre `crop_size` square. Only the crop is computed: the source region that maps
+    onto it is resampled straight to (crop_size, crop_size), so a 1 x 16000 strip costs a
+    crop, not the 256 x 4,096,000 picture a resize of the whole image would allocate. The
+    pixels are those of resizing the whole image and cropping (same sampling positions
+    and filter support)."""
     w, h = image.size
+    if min(w, h) < 1:
+        raise ValueError(f"image: empty image of size {w}x{h}")
     scale = resize_size / min(w, h)
-    image = image.resize((max(crop_size, round(w * scale)), max(crop_size, round(h * scale))), Image.BILINEAR)
-    w, h = image.size
-    left, top = (w - crop_size) // 2, (h - crop_size) // 2
-    return image.crop((left, top, left + crop_size, top + crop_size))
+    rw, rh = max(crop_size, round(w * scale)), max(crop_size, round(h * scale))
+    left, top = (rw - crop_size) // 2, (rh - crop_size) // 2
+    sx, sy = w / rw, h / rh  # source pixels per resized pixel, as resize((rw, rh)) uses
+    box = (left * sx, top * sy, (left + crop_size) * sx, (top + crop_size) * sy)
+    return image.resize((crop_size, crop_size), Image.BILINEAR, box=box, reducing_gap=None)
 
 
 def to_unit_tensor(image: Image.Image) -> torch.Tensor:

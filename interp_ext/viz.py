@@ -1,13 +1,14 @@
 """Turn attributions into pictures: heat-map overlays and gradient images."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .writers import atomic_write
 
 # A perceptually ordered dark-to-bright colormap (black, purple, red, orange, pale yellow).
 _ANCHORS = np.array(
@@ -59,10 +60,6 @@ def to_pil(image01: torch.Tensor) -> Image.Image:
 
 
 def save_png(image: Image.Image, path: Union[str, Path]) -> Path:
-    """Write atomically: a temporary name, then a rename, so no half-written file remains."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    """Write atomically (:func:`interp_ext.writers.atomic_write`): a unique temporary name, fsync,
+    then a rename, so no half-written file remains."""
+    return atomic_write(path, lambda fh: image.save(fh, format="PNG"))
