@@ -3,7 +3,11 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Optional.h>
+#include <c10/util/safe_numerics.h>
+
+#include <initializer_list>
 
 #include <cmath>
 #include <cstdio>
@@ -172,10 +176,23 @@ inline WindowGrid make_window_grid(const char* op, c10::IntArrayRef shape, c10::
     g.stride[d] = stride[d];
     g.count[d] = window_count(shape[d], window[d], stride[d]);
   }
+  int64_t total = 0;
+  TORCH_CHECK(!c10::mul_overflows(g.count[0], g.count[1], &total) && !c10::mul_overflows(total, g.count[2], &total),
+              op, ": the window grid ", std::to_string(g.count[0]), " x ", std::to_string(g.count[1]), " x ",
+              std::to_string(g.count[2]), " has more windows than int64 can count");
   return g;
 }
 
+// Cannot overflow: make_window_grid checked the product.
 inline int64_t total_windows(const WindowGrid& g) { return g.count[0] * g.count[1] * g.count[2]; }
+
+// copies * N, checked: the batch size of a (copies * N, C, H, W) output.
+inline int64_t copies_times_batch(const char* op, int64_t copies, const at::Tensor& x, const char* copies_name) {
+  int64_t rows = 0;
+  TORCH_CHECK(!c10::mul_overflows(copies, x.size(0), &rows), op, ": ", copies_name, " * N = ",
+              std::to_string(copies), " * ", std::to_string(x.size(0)), " overflows int64");
+  return rows;
+}
 
 // x (N, C, H, W) of a floating type and a baseline (1 or N, C, H, W) of its dtype and
 // device: what the occluded and feature-subset batches are built from.
@@ -194,8 +211,11 @@ inline WindowGrid check_occlusion_batch_args(const at::Tensor& x, const at::Tens
                                              const char* op = "occlusion_batch") {
   check_image_and_baseline(op, x, baseline);
   const WindowGrid g = make_window_grid(op, x.sizes().slice(1), window, stride);
-  TORCH_CHECK(start >= 0 && count >= 0 && start + count <= total_windows(g), op, ": windows ", std::to_string(start),
-              "..", std::to_string(start + count), " are out of range: there are ", std::to_string(total_windows(g)));
+  // count <= total - start: start + count could overflow int64 and pass
+  const int64_t total = total_windows(g);
+  TORCH_CHECK(start >= 0 && count >= 0 && start <= total && count <= total - start, op, ": windows start = ",
+              std::to_string(start), ", count = ", std::to_string(count), " are out of range: there are ",
+              std::to_string(total), " windows");
   return g;
 }
 
@@ -219,17 +239,25 @@ inline WindowGrid check_occlusion_batch_at_args(const at::Tensor& x, const at::T
 }
 
 // out of a batch of copies of x, (copies * N, C, H, W) with x's dtype and device,
-// contiguous; `copies` names the count in the message ("count", "B").
+// contiguous, sharing no memory with the inputs (copy j would be built from data that
+// copy i < j already overwrote); `copies` names the count in the message ("count", "B").
 inline void check_copies_out(const char* op, const at::Tensor& out, const at::Tensor& x, int64_t copies,
-                             const char* copies_name) {
-  TORCH_CHECK(out.dim() == 4 && out.size(0) == copies * x.size(0) && out.size(1) == x.size(1) &&
+                             const char* copies_name, std::initializer_list<const at::Tensor*> inputs) {
+  const int64_t rows = copies_times_batch(op, copies, x, copies_name);
+  TORCH_CHECK(out.dim() == 4 && out.size(0) == rows && out.size(1) == x.size(1) &&
                   out.size(2) == x.size(2) && out.size(3) == x.size(3),
-              op, ": out must be (", copies_name, " * N, C, H, W) = (", std::to_string(copies * x.size(0)), ", ",
+              op, ": out must be (", copies_name, " * N, C, H, W) = (", std::to_string(rows), ", ",
               std::to_string(x.size(1)), ", ", std::to_string(x.size(2)), ", ", std::to_string(x.size(3)), "), got ",
               shape_str(out));
   TORCH_CHECK(out.scalar_type() == x.scalar_type() && out.device() == x.device(), op,
               ": out must have x's dtype and device");
   TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
+  for (const at::Tensor* t : inputs) {
+    // TooHard means a non-dense input, which the kernels read through a contiguous copy
+    const at::MemOverlapStatus overlap = at::get_overlap_status(out, *t);
+    TORCH_CHECK(overlap != at::MemOverlapStatus::Full && overlap != at::MemOverlapStatus::Partial, op,
+                ": out must not share memory with the inputs (x, baseline or the index tensors)");
+  }
 }
 
 inline WindowGrid check_occlusion_accumulate_args(const at::Tensor& diffs, c10::IntArrayRef shape,
@@ -294,8 +322,17 @@ inline BorderMode check_separable_filter_args(const char* op, const at::Tensor& 
     TORCH_CHECK(t.scalar_type() == compute, op, ": ", name, " must be ", compute, " for x of dtype ", x.scalar_type(),
                 ", got ", t.scalar_type());
     TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on x's device");
+    TORCH_CHECK(t.size(1) <= std::numeric_limits<int32_t>::max(), op, ": ", name, " has too many taps (",
+                std::to_string(t.size(1)), ")");
   }
   return parse_border(op, padding);
+}
+
+// The adjoint's (output, tap) lists hold 2 int32 per pair, axis size x taps pairs.
+inline void check_adjoint_size(const char* op, int64_t size, int64_t taps, const char* axis) {
+  TORCH_CHECK(size <= std::numeric_limits<int32_t>::max() / 2 && taps <= (std::numeric_limits<int32_t>::max() / 2) / std::max<int64_t>(size, 1),
+              op, ": ", axis, " x taps = ", std::to_string(size), " x ", std::to_string(taps),
+              " is too large for the adjoint (at most 2^30 pairs per axis)");
 }
 
 // ---- total variation -----------------------------------------------------------------
@@ -324,6 +361,9 @@ inline void check_regularize_args(const at::Tensor& x, const at::Tensor& grad, d
   TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got shape ", shape_str(x));
   TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type() && grad.device() == x.device(), op,
               ": grad must have x's shape, dtype and device, got ", shape_str(grad));
+  const at::MemOverlapStatus overlap = at::get_overlap_status(x, grad);
+  TORCH_CHECK(overlap != at::MemOverlapStatus::Full && overlap != at::MemOverlapStatus::Partial, op,
+              ": grad must not share memory with x (x is written in place)");
   TORCH_CHECK(std::isfinite(lr), op, ": lr must be finite, got ", num_str(lr));
   TORCH_CHECK(decay >= 0 && decay < 1, op, ": decay must be in [0, 1), got ", num_str(decay));
   for (const auto& [name, v] : {std::pair<const char*, double>{"grad_percentile", grad_pct},

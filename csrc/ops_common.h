@@ -53,8 +53,8 @@ inline GuidedBackwardArgs prepare_guided_backward(const at::Tensor& grad_output,
 at::Tensor window_score_table(const at::Tensor& diffs, const WindowGrid& g);
 
 // A batch of `copies` copies of x (N, C, H, W): (copies * N, C, H, W), copy-major.
-inline at::Tensor copies_output(const at::Tensor& x, int64_t copies) {
-  return at::empty({copies * x.size(0), x.size(1), x.size(2), x.size(3)}, x.options());
+inline at::Tensor copies_output(const char* op, const at::Tensor& x, int64_t copies, const char* copies_name) {
+  return at::empty({copies_times_batch(op, copies, x, copies_name), x.size(1), x.size(2), x.size(3)}, x.options());
 }
 
 inline at::Tensor saliency_output(const at::Tensor& grad) {

@@ -160,8 +160,8 @@ def _occlusion_batch_fake(x, baseline, window, stride, start, count):
     torch._check(x.dim() == 4, lambda: f"occlusion_batch: x must be (N, C, H, W), got shape {list(x.shape)}")
     total = _check_windows("occlusion_batch", x.shape[1:], window, stride)
     torch._check(
-        0 <= start and 0 <= count and start + count <= total,
-        lambda: f"occlusion_batch: windows {start}..{start + count} are out of range: there are {total}",
+        0 <= start <= total and 0 <= count <= total - start,
+        lambda: f"occlusion_batch: windows start = {start}, count = {count} are out of range: there are {total} windows",
     )
     return x.new_empty((count * x.shape[0], *x.shape[1:]))
 

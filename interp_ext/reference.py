@@ -18,7 +18,9 @@ def guided_relu_backward(
         return g * (g > 0)
     active = x > 0
     if upper is not None:
-        active = active & (x < upper)
+        # a saturated unit holds clamp's value of upper in x's dtype (bfloat16 3.3 -> 3.296875)
+        saturated = torch.full((), float("inf"), dtype=x.dtype, device=x.device).clamp(max=upper)
+        active = active & (x < saturated)
     return g * active * (g > 0)
 
 

@@ -35,6 +35,27 @@ def test_backward_matches_reference(dtype, rule, upper, shape):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda)])
+@pytest.mark.parametrize("dtype, upper", [(torch.bfloat16, 3.3), (torch.float16, 0.1), (torch.bfloat16, 0.1),
+                                          (torch.float16, 3.3)])
+def test_saturated_units_pass_no_gradient_when_upper_rounds_in_the_dtype(device, dtype, upper):
+    # The forward clamps to upper as the dtype holds it (bfloat16 3.3 -> 3.296875); the
+    # backward compared with the exact 3.3 and let saturated units through.
+    want = [0.0, 0.0, 1.0, 0.0]
+    x = torch.tensor([7 * upper, 3 * upper, upper * 0.5, -1.0], dtype=dtype, device=device, requires_grad=True)
+    ops.guided_relu(x, upper=upper).sum().backward()
+    assert x.grad.tolist() == want
+    y = ops.guided_relu(x.detach(), upper=upper)
+    assert ops.guided_relu_backward(torch.ones_like(y), y, upper).tolist() == want  # given the output
+    assert reference.guided_relu_backward(torch.ones_like(y), y, upper).tolist() == want
+    assert reference.guided_relu_backward(torch.ones_like(y), x.detach(), upper).tolist() == want
+    z = x.detach().clone().requires_grad_()
+    w = z.clone()
+    ops.guided_relu_(w, upper=upper)
+    w.sum().backward()
+    assert z.grad.tolist() == want
+
+
 def test_backward_uses_every_condition():
     g = torch.tensor([1.0, 1.0, -1.0, 1.0, 1.0])
     x = torch.tensor([1.0, -1.0, 1.0, 7.0, 0.0])

@@ -73,6 +73,9 @@ def test_linear_model_attribution_is_exact():
         (dict(sliding_window_shapes=(3, 13, 2)), ValueError, r"H extent 13 must be in \[1, 12\]"),
         (dict(sliding_window_shapes=(3, 2, 2), strides=0), ValueError, "strides must be positive"),
         (dict(sliding_window_shapes=(3, 2, 2), strides=(1, -1, 1)), ValueError, "strides must be positive"),
+        # windows would start beyond the border (once memory corruption in the CPU kernel)
+        (dict(sliding_window_shapes=(3, 2, 2), strides=(3, 5, 5)), ValueError, "H stride 5 must not exceed the window's H extent 2"),
+        (dict(sliding_window_shapes=(2, 2), strides=(1, 3)), ValueError, "W stride 3 must not exceed"),
         (dict(sliding_window_shapes=(3, 2, 2), baselines=torch.zeros(5)), ValueError, r"baselines must be a number, \(C,\)"),
         (dict(sliding_window_shapes=(3, 2, 2), target=[0, 9, 1]), ValueError, r"target must be in \[0, 4\)"),
         (dict(sliding_window_shapes=(3, 2, 2), perturbations_per_eval=0), ValueError, "perturbations_per_eval"),

@@ -15,6 +15,10 @@ GEOMETRIES = [
     ((4, 11, 7), (2, 3, 3), (2, 2, 2)),
     ((2, 5, 6), (1, 1, 1), (1, 1, 1)),
     ((3, 16, 16), (3, 6, 6), (3, 5, 5)),
+    # stride > window: the last windows start beyond the border and occlude nothing (the
+    # CPU kernel once copied a negative number of bytes here)
+    ((3, 8, 8), (3, 2, 2), (3, 5, 5)),
+    ((1, 5, 5), (1, 1, 1), (1, 1, 3)),
 ]
 
 
@@ -99,6 +103,32 @@ def test_opcheck():
 def test_bad_inputs(call, match):
     with pytest.raises(RuntimeError, match=match):
         call()
+
+
+@pytest.mark.parametrize("start, count", [(2**63 - 1, 1), (1, 2**63 - 1), (17, 0), (-1, 1), (0, -1)])
+def test_window_range_cannot_overflow(start, count):
+    # start + count overflowed int64 and passed the range check (an unoccluded copy)
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(RuntimeError, match="out of range: there are 16 windows"):
+        ops.occlusion_batch(x, torch.zeros(1, 3, 8, 8), (3, 2, 2), (1, 2, 2), start, count)
+
+
+def test_out_sharing_memory_with_an_input_is_refused():
+    # copy 1 would be built from the data copy 0 had already written over x
+    buf = torch.randn(2, 1, 5, 5)
+    zeros = torch.zeros(1, 1, 5, 5)
+    for call in (
+        lambda: ops.occlusion_batch(buf[:1], zeros, (1, 2, 2), (1, 1, 1), 0, 2, out=buf),
+        lambda: ops.occlusion_batch(zeros, buf[1:], (1, 2, 2), (1, 1, 1), 0, 2, out=buf),
+        lambda: ops.occlusion_batch_at(buf[:1], zeros, (1, 2, 2), (1, 1, 1), torch.zeros(2, 1, dtype=torch.int64), out=buf),
+        lambda: ops.feature_batch(buf[:1], zeros, torch.zeros(1, 1, 5, 5, dtype=torch.int64), torch.ones(2, 1, dtype=torch.bool), out=buf),
+    ):
+        with pytest.raises(RuntimeError, match="out must not share memory with the inputs"):
+            call()
+    # a non-overlapping slice of the same storage is fine
+    big = torch.randn(3, 1, 5, 5)
+    got = ops.occlusion_batch(big[:1], zeros, (1, 2, 2), (1, 1, 1), 0, 2, out=big[1:])
+    torch.testing.assert_close(got, reference.occlusion_batch(big[:1], zeros, (1, 2, 2), (1, 1, 1), 0, 2))
 
 @pytest.mark.needs_cuda
 @pytest.mark.parametrize("shape, window, stride", GEOMETRIES)

@@ -150,6 +150,8 @@ at::Tensor separable_filter_backward_cpu(const at::Tensor& grad, const at::Tenso
                                          c10::string_view padding) {
   const BorderMode mode = check_separable_filter_args("separable_filter_backward", grad, taps_h, taps_w, padding);
   const int64_t C = grad.size(1), H = grad.size(2), W = grad.size(3), KH = taps_h.size(1), KW = taps_w.size(1);
+  check_adjoint_size("separable_filter_backward", H, KH, "H");
+  if (grad.numel() == 0) return at::empty_like(grad, at::MemoryFormat::Contiguous);
   const at::Tensor th = taps_h.contiguous(), tw = taps_w.contiguous();
   std::vector<int32_t> h_offsets, h_pairs;
   adjoint_pairs(H, KH, mode, h_offsets, h_pairs);

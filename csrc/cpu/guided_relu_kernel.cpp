@@ -96,7 +96,7 @@ void guided_relu_backward_out_cpu(const at::Tensor& grad_output, const at::Tenso
     const scalar_t* gp = a.g.const_data_ptr<scalar_t>();
     const scalar_t* xp = a.x.const_data_ptr<scalar_t>();
     scalar_t* op = a.dst.mutable_data_ptr<scalar_t>();
-    const opmath_t u = static_cast<opmath_t>(a.upper);
+    const opmath_t u = upper_bound_in<scalar_t, opmath_t>(a.upper);
     at::parallel_for(0, a.g.numel(), kElementwiseGrain, [&](int64_t begin, int64_t end) {
       guided_span(gp + begin, xp + begin, op + begin, end - begin, u, a.rule);
     });

@@ -44,8 +44,10 @@ void occlusion_planes(const at::Tensor& x, const at::Tensor& baseline, const Win
         continue;
       }
       const char* base = bp + (((per_sample_baseline ? n : 0) * C + c) * HW) * el;
-      const int64_t y0 = o[1], y1 = std::min(H, o[1] + g.window[1]);
-      const int64_t x0 = o[2], x1 = std::min(W, o[2] + g.window[2]);
+      // Clipped to the plane: with a stride larger than the window, a window may start
+      // beyond the border (it then occludes nothing), and every size below stays >= 0.
+      const int64_t y0 = std::min(H, o[1]), y1 = y0 + std::min(g.window[1], H - y0);
+      const int64_t x0 = std::min(W, o[2]), x1 = x0 + std::min(g.window[2], W - x0);
       std::memcpy(dst, src, y0 * W * el);  // rows above the window
       for (int64_t y = y0; y < y1; ++y) {
         const int64_t r = y * W;
@@ -71,14 +73,14 @@ void occlusion_batch_into(const at::Tensor& x, const at::Tensor& baseline, const
 void occlusion_batch_out_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
                              c10::IntArrayRef stride, int64_t start, int64_t count, at::Tensor& out) {
   const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
-  check_copies_out("occlusion_batch", out, x, count, "count");
+  check_copies_out("occlusion_batch", out, x, count, "count", {&x, &baseline});
   occlusion_batch_into(x, baseline, g, start, count, out);
 }
 
 at::Tensor occlusion_batch_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
                                c10::IntArrayRef stride, int64_t start, int64_t count) {
   const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
-  at::Tensor out = copies_output(x, count);
+  at::Tensor out = copies_output("occlusion_batch", x, count, "count");
   occlusion_batch_into(x, baseline, g, start, count, out);
   return out;
 }
@@ -96,14 +98,14 @@ void occlusion_batch_at_into(const at::Tensor& x, const at::Tensor& baseline, co
 void occlusion_batch_at_out_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
                                 c10::IntArrayRef stride, const at::Tensor& windows, at::Tensor& out) {
   const WindowGrid g = check_occlusion_batch_at_args(x, baseline, window, stride, windows);
-  check_copies_out("occlusion_batch_at", out, x, windows.size(0), "count");
+  check_copies_out("occlusion_batch_at", out, x, windows.size(0), "count", {&x, &baseline, &windows});
   occlusion_batch_at_into(x, baseline, g, windows, out);
 }
 
 at::Tensor occlusion_batch_at_cpu(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
                                   c10::IntArrayRef stride, const at::Tensor& windows) {
   const WindowGrid g = check_occlusion_batch_at_args(x, baseline, window, stride, windows);
-  at::Tensor out = copies_output(x, windows.size(0));
+  at::Tensor out = copies_output("occlusion_batch_at", x, windows.size(0), "count");
   occlusion_batch_at_into(x, baseline, g, windows, out);
   return out;
 }
@@ -199,14 +201,14 @@ void feature_batch_into(const at::Tensor& x, const at::Tensor& baseline, const a
 void feature_batch_out_cpu(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
                            const at::Tensor& present, at::Tensor& out) {
   check_feature_batch_args(x, baseline, feature_mask, present);
-  check_copies_out("feature_batch", out, x, present.size(0), "B");
+  check_copies_out("feature_batch", out, x, present.size(0), "B", {&x, &baseline, &feature_mask, &present});
   feature_batch_into(x, baseline, feature_mask, present, out);
 }
 
 at::Tensor feature_batch_cpu(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
                              const at::Tensor& present) {
   check_feature_batch_args(x, baseline, feature_mask, present);
-  at::Tensor out = copies_output(x, present.size(0));
+  at::Tensor out = copies_output("feature_batch", x, present.size(0), "B");
   feature_batch_into(x, baseline, feature_mask, present, out);
   return out;
 }

@@ -36,8 +36,11 @@ __global__ void filter_tile_kernel(const scalar_t* __restrict__ x, scalar_t* __r
   acc_t* mid = tile + TH * TW;  // kTile x TW
   const int ph = (KH - 1) / 2, pw = (KW - 1) / 2;
   const int tid = threadIdx.y * blockDim.x + threadIdx.x, nthreads = blockDim.x * blockDim.y;
-  const int64_t y0 = static_cast<int64_t>(blockIdx.y) * kTile, x0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  for (int64_t plane = blockIdx.z; plane < planes; plane += gridDim.z) {
+  const int64_t x0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  // gridDim.y and gridDim.z are capped at 65535: both loop (uniform bounds, so the
+  // __syncthreads below are reached by the whole block)
+  for (int64_t plane = blockIdx.z; plane < planes; plane += gridDim.z)
+  for (int64_t y0 = static_cast<int64_t>(blockIdx.y) * kTile; y0 < H; y0 += static_cast<int64_t>(gridDim.y) * kTile) {
     const int64_t n = plane / C;
     const scalar_t* src = x + plane * H * W;
     const acc_t* kh = taps_h + (per_h ? n : 0) * KH;
@@ -128,7 +131,7 @@ void separable_filter_out_cuda(const at::Tensor& x, const at::Tensor& taps_h, co
     using acc_t = at::opmath_type<scalar_t>;
     if (KH <= kMaxTiledTaps && KW <= kMaxTiledTaps) {
       const size_t smem = sizeof(acc_t) * ((kTile + KH - 1) * (kTile + KW - 1) + kTile * (kTile + KW - 1));
-      const dim3 grid((W + kTile - 1) / kTile, (H + kTile - 1) / kTile, std::min<int64_t>(N * C, 65535));
+      const dim3 grid((W + kTile - 1) / kTile, grid_yz((H + kTile - 1) / kTile), grid_yz(N * C));
       filter_tile_kernel<scalar_t, acc_t><<<grid, dim3(32, 8), smem, stream>>>(
           xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), th.const_data_ptr<acc_t>(),
           tw.const_data_ptr<acc_t>(), N * C, C, H, W, KH, KW, per_h, per_w, mode);
@@ -168,6 +171,8 @@ at::Tensor separable_filter_backward_cuda(const at::Tensor& grad, const at::Tens
   at::Tensor out = at::empty_like(g);
   if (out.numel() == 0) return out;
   const int64_t C = g.size(1), H = g.size(2), W = g.size(3);
+  check_adjoint_size("separable_filter_backward", H, th.size(1), "H");
+  check_adjoint_size("separable_filter_backward", W, tw.size(1), "W");
   const int KH = static_cast<int>(th.size(1)), KW = static_cast<int>(tw.size(1));
   std::vector<int32_t> h_off, h_pairs, w_off, w_pairs;
   adjoint_pairs(H, KH, mode, h_off, h_pairs);

@@ -18,6 +18,7 @@
 
 #include "../kernels/gradcam.h"
 #include "../ops_common.h"
+#include "launch.h"
 
 namespace interp_ext {
 namespace {
@@ -25,7 +26,9 @@ namespace {
 constexpr int kWarp = 32;
 constexpr int kWeightWarps = 8;     // channels per block in channel_weights
 constexpr int kFinishThreads = 512;
-constexpr size_t kMaxSharedPlane = 48 * 1024;
+// The default dynamic shared-memory limit (48 KiB) holds cam_finish's static reduce
+// scratch too (at most 16 doubles).
+constexpr size_t kMaxSharedPlane = 48 * 1024 - sizeof(double) * (kFinishThreads / kWarp);
 
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
@@ -36,39 +39,40 @@ __device__ __forceinline__ T warp_sum(T v) {
 
 template <typename scalar_t>
 __global__ void channel_weights(const scalar_t* __restrict__ A, const scalar_t* __restrict__ G,
-                                at::opmath_type<scalar_t>* __restrict__ weights, int64_t channels, int64_t hw,
-                                CamVariant v) {
+                                at::opmath_type<scalar_t>* __restrict__ weights, int64_t batch, int64_t channels,
+                                int64_t hw, CamVariant v) {
   using acc_t = at::opmath_type<scalar_t>;
   const int lane = threadIdx.x % kWarp;
   const int64_t k = static_cast<int64_t>(blockIdx.x) * kWeightWarps + threadIdx.x / kWarp;
-  const int64_t n = blockIdx.y;
-  if (k >= channels) return;
-  const scalar_t* a = A + (n * channels + k) * hw;
-  const scalar_t* g = G + (n * channels + k) * hw;
-  acc_t w = 0;
-  if (v == CamVariant::GradCAM) {
-    acc_t s = 0;
-    for (int64_t p = lane; p < hw; p += kWarp) s += static_cast<acc_t>(g[p]);
-    w = warp_sum(s) / static_cast<acc_t>(hw);
-  } else {
-    acc_t sa = 0, sga = 0;
-    for (int64_t p = lane; p < hw; p += kWarp) {
-      const acc_t ap = static_cast<acc_t>(a[p]);
-      sa += ap;
-      sga += static_cast<acc_t>(g[p]) * ap;
-    }
-    sa = warp_sum(sa);
-    sga = warp_sum(sga);
-    if (v == CamVariant::XGradCAM) {
-      w = safe_ratio(sga, sa);
-    } else {  // Grad-CAM++ needs the channel sum first: broadcast it, look at g again
-      sa = __shfl_sync(0xffffffffu, sa, 0);
+  if (k >= channels) return;  // a whole warp: the shuffles below stay full-warp
+  for (int64_t n = blockIdx.y; n < batch; n += gridDim.y) {
+    const scalar_t* a = A + (n * channels + k) * hw;
+    const scalar_t* g = G + (n * channels + k) * hw;
+    acc_t w = 0;
+    if (v == CamVariant::GradCAM) {
       acc_t s = 0;
-      for (int64_t p = lane; p < hw; p += kWarp) s += gradcampp_term<acc_t>(static_cast<acc_t>(g[p]), sa);
-      w = warp_sum(s);
+      for (int64_t p = lane; p < hw; p += kWarp) s += static_cast<acc_t>(g[p]);
+      w = warp_sum(s) / static_cast<acc_t>(hw);
+    } else {
+      acc_t sa = 0, sga = 0;
+      for (int64_t p = lane; p < hw; p += kWarp) {
+        const acc_t ap = static_cast<acc_t>(a[p]);
+        sa += ap;
+        sga += static_cast<acc_t>(g[p]) * ap;
+      }
+      sa = warp_sum(sa);
+      sga = warp_sum(sga);
+      if (v == CamVariant::XGradCAM) {
+        w = safe_ratio(sga, sa);
+      } else {  // Grad-CAM++ needs the channel sum first: broadcast it, look at g again
+        sa = __shfl_sync(0xffffffffu, sa, 0);
+        acc_t s = 0;
+        for (int64_t p = lane; p < hw; p += kWarp) s += gradcampp_term<acc_t>(static_cast<acc_t>(g[p]), sa);
+        w = warp_sum(s);
+      }
     }
+    if (lane == 0) weights[n * channels + k] = w;
   }
-  if (lane == 0) weights[n * channels + k] = w;
 }
 
 template <typename T>
@@ -160,9 +164,9 @@ at::Tensor cam_reduce_cuda(const at::Tensor& A, const at::Tensor& G, at::Tensor 
   const auto acc_options = A.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
   if (v != CamVariant::Given && !is_elementwise(v) && K > 0) {
     weights = at::empty({N, K}, acc_options);
-    const dim3 grid(static_cast<unsigned>((K + kWeightWarps - 1) / kWeightWarps), static_cast<unsigned>(N));
+    const dim3 grid(static_cast<unsigned>((K + kWeightWarps - 1) / kWeightWarps), grid_yz(N));
     channel_weights<scalar_t><<<grid, kWeightWarps * kWarp, 0, stream>>>(
-        A.const_data_ptr<scalar_t>(), G.const_data_ptr<scalar_t>(), weights.mutable_data_ptr<acc_t>(), K, hw, v);
+        A.const_data_ptr<scalar_t>(), G.const_data_ptr<scalar_t>(), weights.mutable_data_ptr<acc_t>(), N, K, hw, v);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const size_t plane_bytes = static_cast<size_t>(hw) * sizeof(acc_t);

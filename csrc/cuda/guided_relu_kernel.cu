@@ -67,7 +67,7 @@ void launch_guided_backward(const scalar_t* g, const scalar_t* x, scalar_t* out,
     return true;
   }();
   auto stream = at::cuda::getCurrentCUDAStream();
-  const auto u = static_cast<at::opmath_type<scalar_t>>(upper);
+  const auto u = upper_bound_in<scalar_t, at::opmath_type<scalar_t>>(upper);
   if (aligned) {
     guided_backward_kernel<scalar_t, kVec, Rule><<<blocks_for(n / kVec + 1), kThreads, 0, stream>>>(g, x, out, n, u);
   } else {

@@ -9,6 +9,9 @@
 namespace interp_ext {
 
 constexpr int kThreads = 256;  // threads per block
+constexpr int64_t kMaxGridYZ = 65535;  // CUDA's limit on gridDim.y and gridDim.z: loop over the rest
+
+inline unsigned grid_yz(int64_t work) { return static_cast<unsigned>(std::max<int64_t>(1, std::min(work, kMaxGridYZ))); }
 
 // Blocks of kThreads for `work` items: enough to fill every SM at full occupancy and
 // no more; grid-stride loops do the rest.

@@ -103,14 +103,14 @@ void feature_batch_into(const at::Tensor& x, const at::Tensor& baseline, const a
 void feature_batch_out_cuda(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
                             const at::Tensor& present, at::Tensor& out) {
   check_feature_batch_args(x, baseline, feature_mask, present);
-  check_copies_out("feature_batch", out, x, present.size(0), "B");
+  check_copies_out("feature_batch", out, x, present.size(0), "B", {&x, &baseline, &feature_mask, &present});
   feature_batch_into(x, baseline, feature_mask, present, out);
 }
 
 at::Tensor feature_batch_cuda(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& feature_mask,
                               const at::Tensor& present) {
   check_feature_batch_args(x, baseline, feature_mask, present);
-  at::Tensor out = copies_output(x, present.size(0));
+  at::Tensor out = copies_output("feature_batch", x, present.size(0), "B");
   feature_batch_into(x, baseline, feature_mask, present, out);
   return out;
 }
@@ -133,14 +133,14 @@ void launch_occlusion_batch(const at::Tensor& x, const at::Tensor& baseline, con
 void occlusion_batch_out_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
                               c10::IntArrayRef stride, int64_t start, int64_t count, at::Tensor& out) {
   const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
-  check_copies_out("occlusion_batch", out, x, count, "count");
+  check_copies_out("occlusion_batch", out, x, count, "count", {&x, &baseline});
   launch_occlusion_batch(x, baseline, g, start, nullptr, out);
 }
 
 at::Tensor occlusion_batch_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
                                 c10::IntArrayRef stride, int64_t start, int64_t count) {
   const WindowGrid g = check_occlusion_batch_args(x, baseline, window, stride, start, count);
-  at::Tensor out = copies_output(x, count);
+  at::Tensor out = copies_output("occlusion_batch", x, count, "count");
   launch_occlusion_batch(x, baseline, g, start, nullptr, out);
   return out;
 }
@@ -154,14 +154,14 @@ void occlusion_batch_at_into(const at::Tensor& x, const at::Tensor& baseline, co
 void occlusion_batch_at_out_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
                                  c10::IntArrayRef stride, const at::Tensor& windows, at::Tensor& out) {
   const WindowGrid g = check_occlusion_batch_at_args(x, baseline, window, stride, windows);
-  check_copies_out("occlusion_batch_at", out, x, windows.size(0), "count");
+  check_copies_out("occlusion_batch_at", out, x, windows.size(0), "count", {&x, &baseline, &windows});
   occlusion_batch_at_into(x, baseline, g, windows, out);
 }
 
 at::Tensor occlusion_batch_at_cuda(const at::Tensor& x, const at::Tensor& baseline, c10::IntArrayRef window,
                                    c10::IntArrayRef stride, const at::Tensor& windows) {
   const WindowGrid g = check_occlusion_batch_at_args(x, baseline, window, stride, windows);
-  at::Tensor out = copies_output(x, windows.size(0));
+  at::Tensor out = copies_output("occlusion_batch_at", x, windows.size(0), "count");
   occlusion_batch_at_into(x, baseline, g, windows, out);
   return out;
 }

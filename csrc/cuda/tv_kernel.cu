@@ -19,26 +19,29 @@ namespace interp_ext {
 namespace {
 
 template <typename scalar_t, typename acc_t>
-__global__ void tv_partial_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ partial, int64_t H, int64_t W,
-                                  int64_t chunk, acc_t beta) {
+__global__ void tv_partial_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ partial, int64_t planes,
+                                  int64_t H, int64_t W, int64_t chunk, acc_t beta) {
   __shared__ acc_t warp_sums[kThreads / 32];
-  const int64_t plane = blockIdx.y, HW = H * W;
+  const int64_t HW = H * W;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
   const int64_t end = begin + chunk < HW ? begin + chunk : HW;
-  const scalar_t* p = x + plane * HW;
-  acc_t s = 0;
-  for (int64_t e = begin + threadIdx.x; e < end; e += blockDim.x) {
-    acc_t dx, dy;
-    tv_differences(p, H, W, e / W, e % W, dx, dy);
-    s += tv_term(dx, dy, beta);
-  }
-  for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffff, s, off);
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    s = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : acc_t(0);
+  for (int64_t plane = blockIdx.y; plane < planes; plane += gridDim.y) {  // gridDim.y is capped at 65535
+    const scalar_t* p = x + plane * HW;
+    acc_t s = 0;
+    for (int64_t e = begin + threadIdx.x; e < end; e += blockDim.x) {
+      acc_t dx, dy;
+      tv_differences(p, H, W, e / W, e % W, dx, dy);
+      s += tv_term(dx, dy, beta);
+    }
     for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffff, s, off);
-    if (threadIdx.x == 0) partial[plane * gridDim.x + blockIdx.x] = s;
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      s = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : acc_t(0);
+      for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffff, s, off);
+      if (threadIdx.x == 0) partial[plane * gridDim.x + blockIdx.x] = s;
+    }
+    __syncthreads();  // warp_sums is reused by the next plane
   }
 }
 
@@ -66,8 +69,8 @@ at::Tensor total_variation_cuda(const at::Tensor& x, double beta) {
     const int64_t chunk = std::max<int64_t>(kThreads * 8, (HW + 63) / 64);
     const int64_t chunks = (HW + chunk - 1) / chunk;
     at::Tensor partial = at::empty({N * C, chunks}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    tv_partial_kernel<scalar_t, acc_t><<<dim3(chunks, N * C), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        xc.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), x.size(2), x.size(3), chunk,
+    tv_partial_kernel<scalar_t, acc_t><<<dim3(chunks, grid_yz(N * C)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        xc.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(), N * C, x.size(2), x.size(3), chunk,
         static_cast<acc_t>(beta));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     result = partial.view({N, -1}).sum(1).to(x.scalar_type());

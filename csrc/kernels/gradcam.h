@@ -59,9 +59,13 @@ C10_HOST_DEVICE inline LinearTap<T> linear_tap(int64_t dst, int64_t in_size, T s
   T src = scale * (static_cast<T>(dst) + T(0.5)) - T(0.5);
   if (src < T(0)) src = T(0);
   LinearTap<T> t;
+  // clamped as ATen's upsample does: past 2^24 float rounding can put src at in_size
   t.i0 = static_cast<int64_t>(src);
+  if (t.i0 > in_size - 1) t.i0 = in_size - 1;
   t.i1 = t.i0 + (t.i0 < in_size - 1 ? 1 : 0);
   t.l1 = src - static_cast<T>(t.i0);
+  if (t.l1 < T(0)) t.l1 = T(0);
+  if (t.l1 > T(1)) t.l1 = T(1);
   return t;
 }
 

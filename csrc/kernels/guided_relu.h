@@ -25,6 +25,15 @@ C10_HOST_DEVICE inline T guided_grad(T g, T x, T upper) {
   return keep ? g : T(0);
 }
 
+// The bound the backward compares x with, in the compute type opmath_t: `upper` as
+// the forward's clamp produced it in scalar_t (ATen clamps in opmath_t, then rounds to
+// scalar_t). A saturated unit holds exactly this value, so `x < bound` is false for it
+// even when scalar_t cannot hold `upper` (bfloat16 3.3 -> 3.296875 < 3.3).
+template <typename scalar_t, typename opmath_t>
+inline opmath_t upper_bound_in(double upper) {
+  return static_cast<opmath_t>(static_cast<scalar_t>(static_cast<opmath_t>(upper)));
+}
+
 template <typename T>
 C10_HOST_DEVICE inline T deconvnet_grad(T g) {
   return !(g <= T(0)) ? g : T(0);

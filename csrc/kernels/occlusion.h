@@ -16,8 +16,10 @@ struct WindowGrid {
   int64_t count[3];   // windows per dimension
 };
 
+// Written so that no intermediate overflows for any positive stride (window <= size).
 C10_HOST_DEVICE inline int64_t window_count(int64_t size, int64_t window, int64_t stride) {
-  return (size - window + stride - 1) / stride + 1;
+  const int64_t span = size - window;
+  return span / stride + (span % stride != 0) + 1;
 }
 
 // First coordinate of window `p` (row-major over the window grid) along each dimension.
@@ -31,8 +33,10 @@ C10_HOST_DEVICE inline void window_origin(const WindowGrid& g, int64_t p, int64_
   origin[2] = jx * g.stride[2];
 }
 
+// origin + window may overflow (a window starting beyond the border under a huge
+// stride); coord - origin cannot once coord >= origin >= 0.
 C10_HOST_DEVICE inline bool inside(int64_t coord, int64_t origin, int64_t window) {
-  return coord >= origin && coord < origin + window;
+  return coord >= origin && coord - origin < window;
 }
 
 // The windows j along one dimension that cover `coord`: lo..hi inclusive (lo > hi if none).

@@ -144,6 +144,10 @@ class Occlusion:
                 raise ValueError(f"sliding_window_shapes: the {name} extent {v} must be in [1, {lim}] (the input size)")
         if any(s <= 0 for s in stride):
             raise ValueError(f"strides must be positive, got {stride}")
+        # as Captum: a larger stride leaves elements that no window covers (their attribution is 0)
+        for name, s, v in zip("CHW", stride, window):
+            if s > v:
+                raise ValueError(f"strides: the {name} stride {s} must not exceed the window's {name} extent {v}")
         if not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
             raise ValueError(f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}")
         if refine is not None and (isinstance(refine, bool) or not isinstance(refine, (int, float)) or not 0 < refine <= 1):
