@@ -11,7 +11,10 @@ export CUDA_HOME
 NATIVE_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
 CMAKE_BUILD := build-cmake
 
-.PHONY: all venv build cmake chromium test test-fast demo bench clean
+SANITIZE_BUILD := build-asan
+SANITIZE_LIB := $(abspath $(SANITIZE_BUILD))/libinterp_ext_ops.so
+
+.PHONY: all venv build cmake sanitize-build sanitize chromium test test-fast demo bench clean
 all: build
 
 $(VENV)/.deps: requirements-dev.txt
@@ -34,6 +37,18 @@ $(CMAKE_BUILD)/.built: $(VENV)/.deps CMakeLists.txt $(NATIVE_SOURCES)
 	touch $@
 cmake: $(CMAKE_BUILD)/.built
 
+# The CPU kernels built with AddressSanitizer + UBSan (CMake, CPU only, one library);
+# tests/test_sanitizer.py runs tests/sanitizer_cases.py against it in a fresh python.
+$(SANITIZE_BUILD)/.built: $(VENV)/.deps CMakeLists.txt $(NATIVE_SOURCES)
+	$(VENV)/bin/cmake -S . -B $(SANITIZE_BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
+	  -DPython3_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Debug -DINTERP_EXT_SANITIZE=ON \
+	  -DINTERP_EXT_WITH_CUDA=OFF -DINTERP_EXT_CPU_ONLY_VARIANT=OFF
+	$(VENV)/bin/cmake --build $(SANITIZE_BUILD)
+	touch $@
+sanitize-build: $(SANITIZE_BUILD)/.built
+sanitize: build sanitize-build
+	INTERP_EXT_SANITIZE_LIB=$(SANITIZE_LIB) $(PY) -m pytest -q tests/test_sanitizer.py
+
 # Headless Chromium renders the explain gallery in a test (Debian package; the test
 # skips where it cannot be installed, e.g. without root).
 chromium:
@@ -44,8 +59,9 @@ chromium:
 	      || echo "chromium: install failed; the gallery test will skip"; \
 	  else echo "chromium: not installed (needs root and apt); the gallery test will skip"; fi; }
 
-test: build cmake chromium
-	INTERP_EXT_CMAKE_LIB=$(abspath $(CMAKE_BUILD))/libinterp_ext_ops.so $(PY) -m pytest -q tests
+test: build cmake sanitize-build chromium
+	INTERP_EXT_CMAKE_LIB=$(abspath $(CMAKE_BUILD))/libinterp_ext_ops.so INTERP_EXT_SANITIZE_LIB=$(SANITIZE_LIB) \
+	  $(PY) -m pytest -q tests
 
 demo: build
 	$(PY) -m interp_ext.demo --out out
@@ -54,4 +70,4 @@ bench: build
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf build $(CMAKE_BUILD) interp_ext/_C*.so *.egg-info $(VENV)/.built
+	rm -rf build $(CMAKE_BUILD) $(SANITIZE_BUILD) interp_ext/_C*.so *.egg-info $(VENV)/.built

@@ -18,8 +18,10 @@ def guided_relu_backward(
         return g * (g > 0)
     active = x > 0
     if upper is not None:
-        # a saturated unit holds clamp's value of upper in x's dtype (bfloat16 3.3 -> 3.296875)
-        saturated = torch.full((), float("inf"), dtype=x.dtype, device=x.device).clamp(max=upper)
+        # a saturated unit holds upper as the forward's clamp rounds it: to the compute type
+        # (float32, float64 for float64), then to x's dtype (bfloat16 3.3 -> 3.296875)
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        saturated = torch.tensor(upper, dtype=compute, device=x.device).to(x.dtype)
         active = active & (x < saturated)
     return g * active * (g > 0)
 
@@ -244,8 +246,10 @@ def regularize_step(x: torch.Tensor, grad: torch.Tensor, lr: float, decay: float
     x, grad = x.to(dtype or x.dtype), grad.to(dtype or x.dtype)
 
     def pct(values, p):
-        v = values.reshape(n, -1)
-        return torch.zeros(n, dtype=v.dtype, device=v.device) if p <= 0 else torch.quantile(v, p / 100, dim=1)
+        v = values.flatten(1)  # (not reshape(n, -1): ambiguous for an empty batch)
+        if p <= 0 or v.numel() == 0:
+            return torch.zeros(n, dtype=v.dtype, device=v.device)
+        return torch.quantile(v, p / 100, dim=1)
 
     g = torch.where(grad.abs() >= pct(grad.abs(), grad_percentile).view(n, 1, 1, 1), grad, torch.zeros_like(grad))
     v = (x + lr * g) * (1 - decay)

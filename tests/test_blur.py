@@ -235,3 +235,12 @@ def test_cuda_many_planes_and_gradcheck():
     torch.testing.assert_close(ops.gaussian_blur(x, 1.0).cpu(), ops.gaussian_blur(x.cpu(), 1.0))
     xd = torch.randn(1, 2, 6, 5, dtype=torch.float64, device="cuda", requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: ops.gaussian_blur(t, 2.0, 9), (xd,))
+
+
+def test_adjoint_refuses_pair_lists_beyond_int32():
+    # H x taps pairs past 2^31 wrapped the int32 offsets and overflowed the heap
+    with pytest.raises(RuntimeError, match="too large for the adjoint"):
+        torch.ops.interp_ext.separable_filter_backward(torch.zeros(1, 1, 131072, 1), torch.ones(1, 32769),
+                                                       torch.ones(1, 1), "reflect")
+    empty = torch.zeros(0, 1, 4096, 1)
+    assert torch.ops.interp_ext.separable_filter_backward(empty, torch.ones(1, 9), torch.ones(1, 1), "reflect").shape == empty.shape

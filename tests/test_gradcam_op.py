@@ -160,3 +160,12 @@ def test_cam_cuda_equals_cpu():
                                ops.cam(f, w, idx, output_size=(224, 224)))
     with pytest.raises(RuntimeError, match="class_idx must be in"):
         ops.cam(f.cuda(), w.cuda(), torch.tensor([0, 1, 10], device="cuda"))
+
+
+@pytest.mark.parametrize("shape, size", [((1, 1, 8388610, 1), None), ((1, 1, 1, 8388610), None),
+                                         ((1, 1, 8388610, 1), (8388612, 1))])
+def test_resize_taps_stay_inside_long_maps(shape, size):
+    # past 2^23 rows float rounding put the source row at h: one read past the map
+    ones = torch.ones(shape)
+    got = ops.gradcam(ones, ones, variant="hirescam", relu=False, normalize=False, output_size=size)
+    assert got.min().item() == 1.0 and got.max().item() == 1.0

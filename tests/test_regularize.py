@@ -130,3 +130,14 @@ def test_cuda_equals_cpu(kwargs, dtype, tol):
     ops.regularize_step_(want, g, lr, **rest)
     ops.regularize_step_(got, g.cuda(), lr, **rest)
     torch.testing.assert_close(got.cpu().double(), want.double(), rtol=tol, atol=tol)
+
+
+def test_grad_sharing_memory_with_x_is_refused():
+    # x is written in place while grad is read: an alias gives silently wrong steps
+    buf = torch.randn(2, 3, 4, 4)
+    with pytest.raises(RuntimeError, match="grad must not share memory with x"):
+        ops.regularize_step_(buf, buf, 0.1)
+    flat = torch.randn(2 * 48 + 8)
+    x, g = flat[:96].view(2, 3, 4, 4), flat[8:104].view(2, 3, 4, 4)
+    with pytest.raises(RuntimeError, match="grad must not share memory with x"):
+        ops.regularize_step_(x, g, 0.1)
