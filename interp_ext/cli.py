@@ -206,17 +206,17 @@ def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks
         if owner:
             print("interp-ext explain: no image could be processed", file=sys.stderr)
         return 1
-    # 2. the model and the methods; the owner creates --out and holds its lock
+    # 2. the model and the methods
     def load():
-        prep = state["prep"] = job.load(checked)
-        if owner:
-            job.claim(prep)
-        return None
+        state["prep"] = job.load(checked)
 
     if ranks.failed(ranks.agree(ranks.phase(load)), 2):
         return 2
     prep = state["prep"]
-    # 3. every rank its shard; each image's record is durable as soon as it is written
+    # 3. only when every rank is ready: the owner creates --out, holds its lock, sweeps old temporaries
+    if ranks.failed(ranks.agree(ranks.phase(lambda: job.claim(prep) if owner else None)), 2):
+        return 2
+    # 4. every rank its shard; each image's record is durable as soon as it is written
     results = ranks.agree(ranks.phase(lambda: job.run(prep, prep.images[ranks.rank::ranks.world])))
     if ranks.failed(results, 1):
         if owner:
@@ -225,7 +225,7 @@ def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks
         return 1
     parts = [part for _, _, part in results]
 
-    # 4. rank 0: summary.json, index.html, gallery.png (from the records)
+    # 5. rank 0: summary.json, index.html, gallery.png (from the records)
     def finish():
         if not owner:
             return None

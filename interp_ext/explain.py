@@ -264,8 +264,8 @@ def read_image(path: Path, size_hint: int) -> Image.Image:
             im.draft("RGB", (size_hint, size_hint))  # JPEG only; a no-op for other formats
             w, h = im.size
             if limit is not None and w * h > limit:
-                raise ImageRefused(f"refused: {w0}x{h0} is {w0 * h0 / 1e6:.0f} Mpixels, above the limit of "
-                                   f"{limit / 1e6:.0f} Mpixels decoded (PIL.Image.MAX_IMAGE_PIXELS x 2)")
+                raise ImageRefused(f"refused: {w0}x{h0} is {w0 * h0 / 1e6:.1f} Mpixels, above the limit of "
+                                   f"{limit / 1e6:.1f} Mpixels decoded (PIL.Image.MAX_IMAGE_PIXELS x 2)")
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 a = np.asarray(im, dtype=np.float64)
