@@ -142,16 +142,16 @@ class _Ranks:
         dist.all_gather_object(gathered, result)
         return gathered
 
-    def failed(self, results: list[tuple[bool, str, object]], code: int) -> int:
-        """0 if every rank succeeded; else print the failures (every rank its own, rank 0
-        all of them) and return `code` on every rank."""
+    def failed(self, results: list[tuple[bool, str, object]], code: int, hint: str = "") -> int:
+        """0 if every rank succeeded; else print the failures, one line each (every rank
+        its own, rank 0 all of them) and return `code` on every rank."""
         bad = [(r, msg) for r, (ok, msg, _) in enumerate(results) if not ok]
         if not bad:
             return 0
         for r, msg in bad:
             if self.rank == 0 or r == self.rank:
                 where = f" (rank {r})" if self.world > 1 else ""
-                print(f"interp-ext explain: error{where}: {msg}", file=sys.stderr)
+                print(f"interp-ext explain: error{where}: {msg}{hint}", file=sys.stderr)
         return code
 
 
@@ -218,10 +218,7 @@ def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks
         return 2
     # 4. every rank its shard; each image's record is durable as soon as it is written
     results = ranks.agree(ranks.phase(lambda: job.run(prep, prep.images[ranks.rank::ranks.world])))
-    if ranks.failed(results, 1):
-        if owner:
-            print("interp-ext explain: the images finished so far are kept; run the same command again to resume",
-                  file=sys.stderr)
+    if ranks.failed(results, 1, "; the images finished before are kept: run the same command again to resume"):
         return 1
     parts = [part for _, _, part in results]
 

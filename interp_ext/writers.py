@@ -22,6 +22,16 @@ TEMP_SUFFIX = ".tmp"
 TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; outputs get the usual 0o666 & ~umask
+_FILE_MODE = 0o666 & ~_umask()
+
+
 class WriteError(OSError):
     """An output file could not be written (disk full, permission, quota...)."""
 
@@ -42,6 +52,7 @@ def atomic_write(path: Union[str, Path], fill: Callable[[IO[bytes]], None]) -> P
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fd, _FILE_MODE)
             fill(fh)
             fh.flush()
             os.fsync(fh.fileno())
