@@ -73,6 +73,15 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
     ops.total_variation(img, 1.5); torch.ops.interp_ext.total_variation_backward(torch.ones(2, device="cuda", dtype=dtype), img, 1.5)
     reg = img.clone(); ops.regularize_step_(reg, torch.randn_like(reg), 0.5, decay=0.1, grad_percentile=10.0,
                                             norm_percentile=20.0, contribution_percentile=20.0)
+# launch-geometry edges: grid y past 65535 (loops), windows beyond the border, a huge stride
+a = torch.rand(65537, 2, 1, 1, device="cuda"); ops.gradcam(a, a, variant="gradcam++")
+ops.total_variation(torch.randn(700, 100, 1, 2, device="cuda"))
+ops.separable_filter(torch.randn(1, 1, 2_100_000, 1, device="cuda"), torch.rand(1, 3, device="cuda"), torch.rand(1, 1, device="cuda"))
+img = torch.randn(2, 3, 8, 8, device="cuda")
+for window, stride in (((3, 2, 2), (3, 5, 5)), ((1, 1, 2), (1, 1, 2**62))):
+    p = ops.occlusion_window_count((3, 8, 8), window, stride)
+    ops.occlusion_batch(img, torch.zeros_like(img[:1]), window, stride, 0, p)
+    ops.occlusion_accumulate(torch.randn(2, p, device="cuda"), (3, 8, 8), window, stride)
 torch.cuda.synchronize(); print("sanitizer case done")
 PYEOF
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 $PY /tmp/sanitize_case.py \

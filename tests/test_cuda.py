@@ -107,3 +107,25 @@ def test_inplace_variant_cuda():
     g = torch.randn_like(before)
     (grad,) = torch.autograd.grad(x, a, g)
     torch.testing.assert_close(grad, reference.guided_relu_backward(g, before, 6.0))
+
+
+def test_grids_beyond_65535_rows_cuda_equal_cpu():
+    # gridDim.y is capped at 65535: the Grad-CAM channel weights (one row per sample),
+    # the TV partial sums (one per plane) and the tiled blur (one per 32 rows) loop past it
+    a, g = torch.rand(65537, 3, 2, 2), torch.randn(65537, 3, 2, 2)
+    for variant in ("gradcam", "gradcam++", "xgradcam"):
+        torch.testing.assert_close(ops.gradcam(a.cuda(), g.cuda(), variant=variant).cpu(), ops.gradcam(a, g, variant=variant))
+    x = torch.randn(700, 100, 1, 3, dtype=torch.float64)
+    torch.testing.assert_close(ops.total_variation(x.cuda()).cpu(), ops.total_variation(x))
+    tall = torch.randn(1, 1, 2_100_000, 3)
+    taps = torch.rand(1, 5)
+    torch.testing.assert_close(ops.separable_filter(tall.cuda(), taps.cuda(), taps.cuda()).cpu(),
+                               ops.separable_filter(tall, taps, taps))
+
+
+def test_occlusion_windows_beyond_the_border_cuda_equal_cpu():
+    x, base = torch.randn(2, 3, 8, 8), torch.zeros(1, 3, 8, 8)
+    for window, stride in (((3, 2, 2), (3, 5, 5)), ((1, 1, 1), (1, 1, 3)), ((1, 1, 2), (1, 1, 2**62))):
+        total = ops.occlusion_window_count((3, 8, 8), window, stride)
+        assert torch.equal(ops.occlusion_batch(x.cuda(), base.cuda(), window, stride, 0, total).cpu(),
+                           ops.occlusion_batch(x, base, window, stride, 0, total))
