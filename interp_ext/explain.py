@@ -5,9 +5,10 @@ map (.npy, float32) per method, ``summary.json`` and an offline gallery ``index.
 Resumable: each finished image gets a record, ``DIR/records/<hash>.json``, written last
 (after all its files) and holding the configuration that made it (model and a hash of
 its weights, input size and normalisation, target, and per method its options and
-layer). A re-run skips an image only if its record matches the current configuration
-and its files exist; ``--force`` redoes every image. ``summary.json`` is derived from the
-records, so a killed run loses at most the images it was writing.
+layer) and the input file's size and time. A re-run skips an image only if its record
+matches the current configuration and its files exist; ``--force`` redoes every image.
+``summary.json`` is derived from the records, so a killed run loses at most the images
+it was writing.
 
 Crash-safe: every file is written by one helper (``interp_ext.writers.atomic_write``:
 unique temporary name, fsync, rename). One run at a time per ``--out``: a run holds
@@ -907,6 +908,15 @@ def _target_spec(prep: Prepared, label: Optional[int]) -> Any:
     return "top1" if prep.fixed_target is None else prep.fixed_target
 
 
+def _file_identity(path: Path) -> Optional[dict]:
+    """Size and modification time of an input: a changed image is redone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def _finished(out: Path, rec: Optional[dict], image_config: dict, prep: Prepared, image: InputImage) -> bool:
     if rec is None or rec["key"] != image.key or rec["config"] != image_config:
         return False
@@ -980,7 +990,7 @@ def run(prep: Prepared, images: Optional[Sequence[InputImage]] = None) -> dict:
                 report(image.source, f"no label in {display_name(cfg.target)}")
                 continue
         spec = _target_spec(prep, label)
-        image_config = {**prep.model_config, "target": spec}
+        image_config = {**prep.model_config, "target": spec, "image": _file_identity(image.source)}
         if not cfg.force:
             rec = read_record(record_path(out, image.key))
             if _finished(out, rec, image_config, prep, image):

@@ -231,6 +231,9 @@ def test_resume_redoes_images_made_with_another_configuration(tmp_path, tiny, im
         assert _summary(out)["timing"]["processed_this_run"] == processed
     entry = _summary(out)["images"]["inputs/a.png"]
     assert entry["methods"]["gradcam"]["layer"] == "1" and entry["config"]["target"] == "top1"
+    _image(images / "a.png", seed=9)  # an input that changed since
+    assert _explain(images, *common, "--methods", "gradcam", "--layer", "1") == 0
+    assert _summary(out)["timing"]["processed_this_run"] == 1
 
 
 # ---- torchrun: a rank that fails preparation ends every rank, at once -------------------------
