@@ -136,7 +136,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, tiny, images):
             res = subprocess.run([sys.executable, "driver.py", "explain", str(images), "--out", str(out), *common],
                                  env=_env(tmp_path, INJECT=f"kill:{k}:{rng.randint(0, 10**6)}"), cwd=tmp_path,
                                  capture_output=True, text=True, timeout=120)
-            assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+            assert res.returncode in (-signal.SIGKILL, 0), res.stderr[-2000:]  # 0: k was past this run's last write
         assert _explain(images, "--out", out, *common[:-1]) == 0
         summary = _summary(out)
         assert summary["images"] == reference["images"]  # complete entries: target, top-5, config, files
