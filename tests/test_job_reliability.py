@@ -129,6 +129,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, tiny, images):
     writes = len(reference["images"]) * (1 + 2 * 2 + 1) + 3  # input, 2 x (png, npy), record; summary, html, sheet
     expected = {k: v for k, v in _tree(ref).items() if k not in ("summary.json",)}
     rng = random.Random(20261201)
+    kills = 0
     for chain in range(2):
         out = tmp_path / f"killed{chain}"
         for _ in range(3):  # three kills in a row, each run resuming the last
@@ -137,6 +138,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, tiny, images):
                                  env=_env(tmp_path, INJECT=f"kill:{k}:{rng.randint(0, 10**6)}"), cwd=tmp_path,
                                  capture_output=True, text=True, timeout=120)
             assert res.returncode in (-signal.SIGKILL, 0), res.stderr[-2000:]  # 0: k was past this run's last write
+            kills += res.returncode == -signal.SIGKILL
         assert _explain(images, "--out", out, *common[:-1]) == 0
         summary = _summary(out)
         assert summary["images"] == reference["images"]  # complete entries: target, top-5, config, files
@@ -147,6 +149,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, tiny, images):
         for name in expected:
             assert got[name] == expected[name], name
         assert _no_temporaries(out)
+    assert kills >= 4
 
 
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, tiny, images, capsys):
@@ -391,6 +394,16 @@ def test_a_thin_image_is_explained(tmp_path, tiny):
     Image.new("RGB", (16000, 1), "white").save(d / "strip.png")
     assert _explain(d, "--model", tiny, "--methods", "saliency", "--out", tmp_path / "out") == 0
     assert np.load(tmp_path / "out/images/thin/strip.png/saliency.npy").shape == (224, 224)
+
+
+def test_a_20000_by_20000_jpeg_is_read_at_an_eighth(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    big = Image.new("L", (20000, 20000), 128)
+    big.save(tmp_path / "big.jpg", quality=30)
+    del big
+    monkeypatch.undo()  # PIL's own limit again: 400 Mpixels is far beyond it
+    with explain.read_image(tmp_path / "big.jpg", 256) as im:
+        assert im.size == (2500, 2500) and im.mode == "RGB"
 
 
 def test_huge_jpeg_decodes_at_reduced_size_and_other_huge_images_are_refused(tmp_path, tiny, monkeypatch):
