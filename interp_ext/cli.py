@@ -309,7 +309,7 @@ def _visualize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                 save(res.images, [f"fool_{s}" for s in stems])
                 for s, ok, st, linf in zip(stems, res.fooled.tolist(), res.steps.tolist(), res.linf.tolist()):
                     print(f"{s}: {'fooled' if ok else 'not fooled'} after {st} steps, L-inf {linf * 255:.2f}/255")
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+    except (ValueError, TypeError, ImportError, OSError) as e:  # OSError: a file that cannot be read or written
         print(f"interp-ext visualize: error: {e}", file=sys.stderr)
         return 2
     if not args.quiet:

@@ -23,7 +23,6 @@ import csv
 import errno
 import hashlib
 import html
-import io
 import json
 import os
 import re
