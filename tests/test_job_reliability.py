@@ -283,6 +283,17 @@ def test_read_only_out_fails_before_the_model(tmp_path, images, no_model, capsys
     assert "cannot write in" in capsys.readouterr().err
 
 
+def test_unwritable_out_fails_before_the_model(tmp_path, images, no_model, monkeypatch, capsys):
+    import tempfile
+
+    def refuse(*a, **k):  # what a read-only folder (for a user who is not root) answers
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert _explain(images, "--methods", "saliency", "--out", tmp_path / "out") == 2
+    assert f"--out {tmp_path / 'out'}: cannot write in {tmp_path} (Permission denied)" in capsys.readouterr().err
+
+
 def test_full_disk_is_found_before_the_model(tmp_path, images, no_model, monkeypatch, capsys):
     real = os.statvfs
 
@@ -350,13 +361,22 @@ def test_a_list_of_non_utf8_names(tmp_path, tiny, images):
     assert sorted(_summary(out)["images"]) == ["%FF.png", "a.png"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads unreadable files")
-def test_an_unreadable_list_is_reported(tmp_path, images):
+def test_an_unreadable_list_is_reported(tmp_path, images, monkeypatch):
     listing = tmp_path / "list.txt"
-    listing.write_text("a.png\n")
-    listing.chmod(0)
-    found, skipped = explain.discover([str(listing)])
-    assert found == [] and "cannot read the list" in skipped[0]["reason"]
+    listing.write_text("inputs/a.png\n")
+    if os.geteuid() == 0:  # root reads anything: answer as the file system would for a user
+        real = Path.read_bytes
+
+        def read_bytes(self):
+            if self == listing:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            return real(self)
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    else:
+        listing.chmod(0)
+    found, skipped = explain.discover([str(listing), str(images / "b.jpg")])
+    assert [i.key for i in found] == ["b.jpg"]
+    assert skipped == [{"source": str(listing), "reason": "cannot read the list (Permission denied)"}]
 
 
 def test_loops_fifos_and_devices_are_reported(tmp_path, images):
