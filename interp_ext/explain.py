@@ -25,6 +25,7 @@ import hashlib
 import html
 import json
 import os
+import pickle
 import re
 import socket
 import stat
@@ -727,7 +728,13 @@ def load_model(spec: str, weights: Optional[str]) -> models.LoadedModel:
         module_name, func_name = spec.split(":", 1)
         sys.path.insert(0, os.getcwd())
         try:
-            obj = getattr(importlib.import_module(module_name), func_name)()
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as e:
+                raise ExplainError(f"--model {spec}: cannot import {module_name!r} ({e})") from None
+            if not callable(getattr(module, func_name, None)):
+                raise ExplainError(f"--model {spec}: {module_name!r} has no function {func_name!r}")
+            obj = getattr(module, func_name)()
         finally:
             sys.path.pop(0)
         if isinstance(obj, models.LoadedModel):
@@ -736,7 +743,15 @@ def load_model(spec: str, weights: Optional[str]) -> models.LoadedModel:
             raise TypeError(f"--model {spec}: must return an nn.Module or interp_ext.models.LoadedModel, got {type(obj).__name__}")
         return models.LoadedModel(model=obj.eval(), name=spec, categories=models.imagenet_categories(), input_size=224,
                                   mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize_size=256)
-    return models.load(spec, weights)
+    try:
+        return models.load(spec, weights)
+    except (EOFError, pickle.UnpicklingError) as e:
+        raise ExplainError(f"--weights {display_name(weights)}: not a PyTorch state-dict file "
+                           f"({type(e).__name__})") from None
+    except RuntimeError as e:  # not a torch file, or another model's state
+        words = " ".join(str(e).split())
+        words = words if len(words) <= 240 else words[:240] + "..."
+        raise ExplainError(f"--weights {display_name(weights)}: cannot load it into {spec} ({words})") from None
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -472,3 +472,20 @@ def test_bad_labels_file_fails_before_any_output(tmp_path, tiny, images, capsys)
     assert _explain(images / "a.png", "--model", tiny, "--methods", "saliency", "--target", "+5",
                     "--out", tmp_path / "out") == 0
     assert _summary(tmp_path / "out")["images"]["a.png"]["target"] == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "resnet18", "--weights", "garbage.pth"], "--weights garbage.pth: not a PyTorch state-dict file"),
+    (["--model", "resnet18", "--weights", "other.pth"], "--weights other.pth: cannot load it into resnet18 (Error(s) in"),
+    (["--model", "no_such_module:build"], "--model no_such_module:build: cannot import 'no_such_module'"),
+    (["--model", "tiny_model:nothing"], "--model tiny_model:nothing: 'tiny_model' has no function 'nothing'"),
+])
+def test_bad_model_or_weights_is_one_line_naming_the_argument(tmp_path, tiny, images, capsys, args, message):
+    import torch
+
+    (tmp_path / "garbage.pth").write_bytes(b"not a pickle")
+    torch.save({"fc.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    assert _explain(images, "--methods", "saliency", "--out", tmp_path / "out", *args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"interp-ext explain: error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
