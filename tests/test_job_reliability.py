@@ -76,10 +76,10 @@ DRIVER = textwrap.dedent(
 
 @pytest.fixture()
 def tiny(tmp_path, monkeypatch):
-    (tmp_path / "tiny_model.py").write_text(TINY)
+    (tmp_path / "job_tiny_model.py").write_text(TINY)
     (tmp_path / "driver.py").write_text(DRIVER)
     monkeypatch.chdir(tmp_path)
-    return "tiny_model:build"
+    return "job_tiny_model:build"
 
 
 def _image(path, w=64, h=48, seed=0):
@@ -226,7 +226,7 @@ def test_resume_redoes_images_made_with_another_configuration(tmp_path, tiny, im
     assert _explain(images, *common, "--methods", "saliency", "--target", "7", "--force") == 0
     assert _summary(out)["timing"]["processed_this_run"] == 4
     # other weights (another function), another layer: redone
-    assert _explain(images, "--model", "tiny_model:build_other", "--out", out, "--methods", "saliency",
+    assert _explain(images, "--model", "job_tiny_model:build_other", "--out", out, "--methods", "saliency",
                     "--target", "7") == 0
     assert _summary(out)["timing"]["processed_this_run"] == 4
     for layer, processed in (("3", 4), ("3", 0), ("1", 4)):
@@ -245,7 +245,7 @@ def test_resume_redoes_images_made_with_another_configuration(tmp_path, tiny, im
 def test_a_rank_failing_preparation_ends_all_ranks(tmp_path, tiny, images):
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "interp_ext.cli", "explain", str(images), "--out", str(tmp_path / "out"),
-                          "--model", "tiny_model:build_fails_on_rank_1", "--methods", "saliency", "--quiet"],
+                          "--model", "job_tiny_model:build_fails_on_rank_1", "--methods", "saliency", "--quiet"],
                          env=_env(tmp_path), cwd=tmp_path, timeout=90, capture_output=True, text=True)
     assert res.returncode != 0
     assert "error (rank 1): weights file missing on this node" in res.stderr
@@ -478,7 +478,7 @@ def test_bad_labels_file_fails_before_any_output(tmp_path, tiny, images, capsys)
     (["--model", "resnet18", "--weights", "garbage.pth"], "--weights garbage.pth: not a PyTorch state-dict file"),
     (["--model", "resnet18", "--weights", "other.pth"], "--weights other.pth: cannot load it into resnet18 (Error(s) in"),
     (["--model", "no_such_module:build"], "--model no_such_module:build: cannot import 'no_such_module'"),
-    (["--model", "tiny_model:nothing"], "--model tiny_model:nothing: 'tiny_model' has no function 'nothing'"),
+    (["--model", "job_tiny_model:nothing"], "--model job_tiny_model:nothing: 'job_tiny_model' has no function 'nothing'"),
 ])
 def test_bad_model_or_weights_is_one_line_naming_the_argument(tmp_path, tiny, images, capsys, args, message):
     import torch
