@@ -237,6 +237,12 @@ def test_resume_redoes_images_made_with_another_configuration(tmp_path, tiny, im
     _image(images / "a.png", seed=9)  # an input that changed since
     assert _explain(images, *common, "--methods", "gradcam", "--layer", "1") == 0
     assert _summary(out)["timing"]["processed_this_run"] == 1
+    # another method with the same model and target: added to each record, the earlier maps kept
+    assert _explain(images, *common, "--methods", "saliency") == 0
+    assert _summary(out)["timing"]["processed_this_run"] == 4
+    assert sorted(_summary(out)["images"]["inputs/a.png"]["methods"]) == ["gradcam", "saliency"]
+    assert _explain(images, *common, "--methods", "saliency,gradcam", "--layer", "1") == 0
+    assert _summary(out)["timing"]["processed_this_run"] == 0
 
 
 # ---- torchrun: a rank that fails preparation ends every rank, at once -------------------------
