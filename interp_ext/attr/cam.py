@@ -2,7 +2,6 @@
 CAM and Guided Grad-CAM, batched, through the native ``gradcam`` / ``cam`` ops."""
 from __future__ import annotations
 
-import difflib
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -10,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..layers import LayerCapture, LayerSpec, resolve_layers
 from ._common import Target, check_inputs, in_eval_mode, model_output, normalize_target, resolve_target
 from .gradient import GuidedBackprop
 
-LayerSpec = Union[str, nn.Module]
 OutputSize = Union[str, None, Sequence[int]]
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -28,80 +27,6 @@ class CAMResult(NamedTuple):
     layer_maps: dict[str, torch.Tensor]
 
 
-def resolve_layers(model: nn.Module, layers: Union[LayerSpec, Sequence[LayerSpec]]) -> list[tuple[str, nn.Module]]:
-    """Modules or dotted names -> (name, module) pairs; unknown names are a clear error."""
-    specs = [layers] if isinstance(layers, (str, nn.Module)) else list(layers)
-    if not specs:
-        raise ValueError("target_layer: give at least one layer (a module or its dotted name)")
-    named = dict(model.named_modules())
-    by_module = {id(m): n for n, m in named.items()}
-    out = []
-    for spec in specs:
-        if isinstance(spec, str):
-            if spec not in named:
-                close = difflib.get_close_matches(spec, [n for n in named if n], n=5, cutoff=0.5)
-                hint = f"; close matches: {', '.join(close)}" if close else ""
-                raise ValueError(f"target_layer: the model has no layer named {spec!r}{hint}")
-            out.append((spec, named[spec]))
-        elif isinstance(spec, nn.Module):
-            if id(spec) not in by_module:
-                raise ValueError(f"target_layer: {type(spec).__name__} module is not part of the model")
-            out.append((by_module[id(spec)] or type(spec).__name__, spec))
-        else:
-            raise TypeError(f"target_layer must be a module or a dotted name, got {type(spec).__name__}")
-    return out
-
-
-class _Capture:
-    """Forward hooks that keep each target layer's output for one call.
-
-    The hook hands the rest of the model a clone, so an in-place op after the layer
-    (ReLU(inplace=True)) cannot overwrite the activation we keep. Run the forward under
-    ``torch.no_grad()``: the first target layer to run switches autograd on, so only
-    the part of the network after it is recorded (what the gradient needs), and the
-    layers before it keep no saved tensors. The ``no_grad`` block restores the mode."""
-
-    def __init__(self, layers: list[tuple[str, nn.Module]], start_autograd: bool = True):
-        self.layers = layers
-        self.start_autograd = start_autograd
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.calls: dict[str, int] = {}
-        self.handles = []
-
-    def __enter__(self):
-        for name, module in self.layers:
-            self.handles.append(module.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-        return False
-
-    def _hook(self, name: str):
-        def hook(module, args, output):
-            if not isinstance(output, torch.Tensor) or output.dim() != 4:
-                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                raise ValueError(f"target_layer {name!r} must output a (N, K, h, w) feature map, got {shape}")
-            self.calls[name] = self.calls.get(name, 0) + 1
-            if self.start_autograd and not torch.is_grad_enabled():  # the first target layer: record from here on
-                output = output.detach().requires_grad_(True)
-                torch.set_grad_enabled(True)
-            self.outputs[name] = output
-            return output.clone()
-
-        return hook
-
-    def get(self) -> list[torch.Tensor]:
-        for name, _ in self.layers:
-            if name not in self.outputs:
-                raise RuntimeError(f"target_layer {name!r} did not run during the forward pass")
-            if self.calls[name] > 1:
-                raise RuntimeError(f"target_layer {name!r} ran {self.calls[name]} times in one forward; pick a layer used once")
-        return [self.outputs[name] for name, _ in self.layers]
-
-
 def _scores(logits: torch.Tensor, target, target_t: Optional[torch.Tensor]) -> torch.Tensor:
     """One scalar per sample: the target class's logit, or a user function of the output."""
     if callable(target):
@@ -114,7 +39,7 @@ def _scores(logits: torch.Tensor, target, target_t: Optional[torch.Tensor]) -> t
     return logits.gather(1, idx[:, None])[:, 0]
 
 
-def _size(output_size: OutputSize, inputs: torch.Tensor) -> Optional[tuple[int, int]]:
+def cam_output_size(output_size: OutputSize, inputs: torch.Tensor) -> Optional[tuple[int, int]]:
     if output_size == "input":
         return (inputs.shape[-2], inputs.shape[-1])
     if output_size is None:
@@ -124,7 +49,7 @@ def _size(output_size: OutputSize, inputs: torch.Tensor) -> Optional[tuple[int, 
     return (int(output_size[0]), int(output_size[1]))
 
 
-def _fuse(layer_maps: list[torch.Tensor], size: Optional[tuple[int, int]]) -> torch.Tensor:
+def fuse_layer_maps(layer_maps: list[torch.Tensor], size: Optional[tuple[int, int]]) -> torch.Tensor:
     """Mean of the per-layer maps, each brought to a common size (the largest layer's
     when `size` is None) and to [0, 1] first (a no-op for already normalised maps)."""
     if len(layer_maps) == 1:
@@ -139,6 +64,15 @@ def _fuse(layer_maps: list[torch.Tensor], size: Optional[tuple[int, int]]) -> to
         span = m.amax((2, 3), keepdim=True) - lo
         common.append(torch.where(span > 0, (m - lo) / span.clamp_min(1e-30), torch.zeros_like(m)))
     return torch.stack(common).mean(0)
+
+
+def gradcam_maps(acts: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], variant: str,
+                 size: Optional[tuple[int, int]], normalize: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The fused map and the per-layer maps (N, 1, H, W) of one CAM variant from each
+    layer's activations and the target score's gradients (the native reduction)."""
+    maps = [ops.gradcam(a.detach(), g, variant=variant, output_size=size, normalize=normalize)
+            for a, g in zip(acts, grads)]
+    return fuse_layer_maps(maps, size), maps
 
 
 class _GradCAMBase:
@@ -175,19 +109,15 @@ class _GradCAMBase:
         it must return one tensor of scores (a tuple or dict is a ``TypeError``).
         """
         check_inputs(inputs, model=self.model)
-        size = _size(output_size, inputs)
+        size = cam_output_size(output_size, inputs)
         target_t = None if callable(target) else normalize_target(target, inputs.shape[0], inputs.device)
-        with _Capture(self.layers) as cap, torch.no_grad():  # the hooks turn autograd on
+        with LayerCapture(self.layers, start_autograd=True, require_map=True) as cap, torch.no_grad():  # the hooks turn autograd on
             logits = model_output(self.model(inputs))
             acts = cap.get()
         with torch.enable_grad():  # the score is part of the graph, also inside a caller's no_grad
             score = _scores(logits, target, target_t)
             grads = torch.autograd.grad(score.sum(), acts)
-        maps = [
-            ops.gradcam(a.detach(), g, variant=self.variant, output_size=size, normalize=normalize)
-            for a, g in zip(acts, grads)
-        ]
-        fused = _fuse(maps, size)
+        fused, maps = gradcam_maps(acts, grads, self.variant, size, normalize)
         return CAMResult(fused, logits.detach(), {name: m for (name, _), m in zip(self.layers, maps)})
 
 
@@ -247,9 +177,9 @@ class CAM:
         """Maps for a batch from one forward pass; arguments as `GradCAM.attribute` (no
         score functions). The model runs in eval mode, its flags restored afterwards."""
         check_inputs(inputs, model=self.model)
-        size = _size(output_size, inputs)
+        size = cam_output_size(output_size, inputs)
         target_t = normalize_target(target, inputs.shape[0], inputs.device)
-        with _Capture(self.layers, start_autograd=False) as cap, torch.no_grad():
+        with LayerCapture(self.layers, require_map=True) as cap, torch.no_grad():
             logits = model_output(self.model(inputs))
             (features,) = cap.get()
         if features.shape[1] != self.fc.in_features:

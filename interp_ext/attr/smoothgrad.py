@@ -82,11 +82,15 @@ class SmoothGrad:
         noisy copies). Extra keyword arguments go to ``method.attribute``.
         """
         check_inputs(inputs, model=self.model)
-        n = inputs.shape[0]
-        target_t = normalize_target(target, n, inputs.device)
+        target_t = normalize_target(target, inputs.shape[0], inputs.device)
         with torch.no_grad():
             target_t = resolve_target(target_t, model_output(self.model(inputs)))
+        return self.noisy_mean(inputs, target_t, **kwargs)
 
+    def noisy_mean(self, inputs: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """`attribute` for checked inputs and per-sample class indices already resolved and
+        range-checked (the planner's entry: no clean forward pass of its own)."""
+        n = inputs.shape[0]
         sigma = self._noise_scale(inputs)
         base_seed = self.seed if self.seed is not None else int(torch.randint(2**62, (1,)).item())
         gen = torch.Generator(device=inputs.device)
@@ -101,7 +105,7 @@ class SmoothGrad:
                 gen.manual_seed(base_seed + k)
                 noise = torch.randn(inputs.shape[1:], generator=gen, device=inputs.device, dtype=inputs.dtype)
                 noisy[j] += noise * sigma[k // self.n_samples]
-            attr = self.method.attribute(noisy, target=target_t[sample], **kwargs)
+            attr = self.method.attribute(noisy, target=target[sample], **kwargs)
             if not isinstance(attr, torch.Tensor) or attr.shape != noisy.shape:
                 got = tuple(attr.shape) if isinstance(attr, torch.Tensor) else type(attr).__name__
                 raise TypeError(f"method: {type(self.method).__name__}.attribute must return a tensor of the inputs' "

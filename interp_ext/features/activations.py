@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..attr._common import in_eval_mode
-from ..attr.cam import resolve_layers
+from ..layers import LayerCapture, resolve_layers
 
 LayerSpec = Union[str, nn.Module]
 
@@ -25,16 +25,11 @@ def capture(model: nn.Module, layers: Union[LayerSpec, Sequence[LayerSpec]], inp
     ``{name: tensor}``. Hooks exist only during the call; the model runs in eval mode (its
     flags restored afterwards)."""
     named = resolve_layers(model, layers)
-    out: dict[str, torch.Tensor] = {}
-    handles = [module.register_forward_hook(lambda _m, _i, o, name=name: out.__setitem__(name, o.detach()))
-               for name, module in named]
-    try:
-        with torch.no_grad():
-            model(inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return out
+    # stop: the layers after the last captured one need not run
+    cap = LayerCapture(named, stop=True, detach=True, arg="layers")
+    with torch.no_grad():
+        cap.run(model, inputs)
+    return dict(zip((name for name, _ in named), cap.get()))
 
 
 def _first_tensor(item: Any) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from ..attr._common import in_eval_mode
-from ..attr.cam import resolve_layers
+from ..layers import LayerCapture, resolve_layers
 
 _CONV = {"conv2d"}
 _POOL = {"max_pool2d", "_max_pool2d", "max_pool2d_with_indices", "avg_pool2d"}
@@ -141,17 +141,12 @@ def receptive_field(model: nn.Module, layer: Union[str, nn.Module], input_size: 
         raise ValueError(f"input_size and channels must be positive, got {input_size!r}, {channels!r}")
     p = next(model.parameters(), None)
     x = torch.zeros(1, channels, h, w, device=p.device if p is not None else "cpu", dtype=p.dtype if p is not None else None)
-    captured = []
-    handle = module.register_forward_hook(lambda _m, _i, o: captured.append(o))
+    cap = LayerCapture([(name, module)], stop=True, arg="layer")  # nothing after the layer needs to run
     mode = _GeometryMode(x)
-    try:
-        with torch.no_grad(), mode:
-            model(x)
-    finally:
-        handle.remove()
-    if not captured or not isinstance(captured[0], torch.Tensor):
-        raise ValueError(f"layer {name!r} did not produce a tensor")
-    geometry = mode.geometry.get(id(captured[0]))
+    with torch.no_grad(), mode:
+        cap.run(model, x)
+    (output,) = cap.get()
+    geometry = mode.geometry.get(id(output))
     if geometry is None:
         raise ValueError(f"layer {name!r} has no fixed receptive field (its output is not a spatial map derived by "
                          "convolution, pooling and padding only)")

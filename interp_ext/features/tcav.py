@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..attr._common import in_eval_mode
-from ..attr.cam import resolve_layers
+from ..layers import LayerCapture, resolve_layers
 from .activations import capture
 
 Target = Union[int, Callable[[torch.Tensor], torch.Tensor]]
@@ -75,23 +75,15 @@ class TCAV:
         grads = []
         for i in range(0, len(inputs), self.batch_size):
             x = inputs[i : i + self.batch_size]
-            held = {}
-
-            def hook(_m, _i, out):
-                # a leaf from here on: the backward stops at the layer
-                held["act"] = out.detach().requires_grad_(True)
-                return held["act"]
-
-            handle = module.register_forward_hook(hook)
-            try:
-                with torch.enable_grad():
-                    out = self.model(x)
-                    if isinstance(target, int) and not 0 <= target < out.shape[1]:
-                        raise ValueError(f"target must be in [0, {out.shape[1]}) (the model's outputs), got {target}")
-                    score = out[:, target] if isinstance(target, int) else target(out)
-                    (g,) = torch.autograd.grad(score.sum(), held["act"])
-            finally:
-                handle.remove()
+            # autograd starts at the layer: the backward stops there, nothing before it is recorded
+            with LayerCapture([(layer, module)], start_autograd=True, arg="layers") as cap, torch.no_grad():
+                out = self.model(x)
+                (act,) = cap.get()
+            if isinstance(target, int) and not 0 <= target < out.shape[1]:
+                raise ValueError(f"target must be in [0, {out.shape[1]}) (the model's outputs), got {target}")
+            with torch.enable_grad():
+                score = out[:, target] if isinstance(target, int) else target(out)
+                (g,) = torch.autograd.grad(score.sum(), act)
             grads.append(g.flatten(1).float().cpu().numpy())
         return np.concatenate(grads)
 

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..attr.cam import resolve_layers
+from ..layers import LayerCapture, resolve_layers
 from ..models import LoadedModel
 
 ModelLike = Union[LoadedModel, nn.Module]
@@ -78,34 +78,18 @@ def indices_per_image(y, n: int, name: str, device=None) -> torch.Tensor:
     return t
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the layer that matters has run."""
-
-
 class LayerTap:
     """Captures one layer's output during a forward pass; with ``stop=True`` the pass ends
     there (the rest of the network is not computed)."""
 
     def __init__(self, model: nn.Module, layer, stop: bool = True):
         (self.name, self.module), = resolve_layers(model, layer)
-        self.model, self.stop, self.output = model, stop, None
+        self.model, self.stop = model, stop
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        def hook(_module, _inputs, output):
-            self.output = output
-            if self.stop:
-                raise _Stop
-
-        handle = self.module.register_forward_hook(hook)
-        try:
-            self.model(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        out, self.output = self.output, None
-        if not isinstance(out, torch.Tensor):
-            raise ValueError(f"layer {self.name!r} did not produce a tensor in the forward pass")
+        cap = LayerCapture([(self.name, self.module)], stop=self.stop, arg="layer")
+        cap.run(self.model, x)
+        (out,) = cap.get()
         return out
 
 

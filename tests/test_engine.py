@@ -1,0 +1,184 @@
+"""The planner: each planned map equals its stand-alone method; each pass runs once."""
+import pytest
+import torch
+from torch import nn
+
+from interp_ext import (Deconvolution, GradCAM, GradCAMPlusPlus, GuidedBackprop, GuidedGradCAM, HiResCAM, LayerCAM,
+                        Occlusion, Saliency, ShapleySampling, SmoothGrad, XGradCAM, grid_feature_mask, ops)
+from interp_ext.engine import DEFAULT_METHODS, METHODS, Explainer
+
+
+class Net(nn.Module):
+    """ReLU modules, a functional ReLU6, BatchNorm and an in-place ReLU after the CAM layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 12, 3, stride=2, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu6(self.bn(self.conv1(x)) * 3)
+        x = self.act(self.conv2(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def net():
+    torch.manual_seed(0)
+    model = Net()
+    with torch.no_grad():  # non-trivial running statistics
+        model.bn.running_mean.uniform_(-0.2, 0.2)
+        model.bn.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def standalone(model, method, x, t, layer="conv2", o=None):
+    """What the method's own class gives, as the CLI computes each map."""
+    o = o or {}
+    cams = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM,
+            "hirescam": HiResCAM}
+    if method in cams:
+        return cams[method](model, layer).attribute(x, target=t).maps[:, 0]
+    if method == "guided-gradcam":
+        return GuidedGradCAM(model, layer).attribute(x, target=t)
+    if method == "saliency":
+        return Saliency(model).saliency_map(x, target=t)
+    if method == "smoothgrad":
+        sg = SmoothGrad(Saliency(model), n_samples=o.get("n_samples", 16), stdev=0.15, batch_size=o.get("batch_size", 16), seed=0)
+        return ops.saliency_reduce(sg.attribute(x, target=t, abs=True))
+    if method == "guided-backprop":
+        return GuidedBackprop(model).attribute(x, target=t)
+    if method == "deconvnet":
+        return Deconvolution(model).attribute(x, target=t)
+    if method == "occlusion":
+        return Occlusion(model).attribute(x, (3, 4, 4), (3, 2, 2), baselines=0.0, target=t, perturbations_per_eval=7)
+    if method == "shapley":
+        return ShapleySampling(model).attribute(x, grid_feature_mask(x.shape[2], x.shape[3], 4), baselines=0.0,
+                                                n_samples=3, target=t, perturbations_per_eval=5, seed=0)
+    raise AssertionError(method)
+
+
+OPTIONS = {"smoothgrad": {"n_samples": 4, "batch_size": 3}, "occlusion": {"window": (3, 4, 4), "strides": (3, 2, 2),
+           "perturbations_per_eval": 7}, "shapley": {"patch": 4, "n_samples": 3, "perturbations_per_eval": 5}}
+
+
+@pytest.mark.parametrize("target", [None, 2, [4, 0, 1]])
+def test_every_planned_map_equals_its_standalone_method(target):
+    model = net()
+    x = torch.randn(3, 3, 12, 12)
+    result = Explainer(model, METHODS, "conv2", options=OPTIONS).explain(x, target=target)
+    t = result.target
+    if target is None:
+        assert torch.equal(t, model(x).argmax(1))
+    for method in METHODS:
+        want = standalone(model, method, x, t, o=OPTIONS.get(method))
+        got = result.maps[method]
+        assert got.shape == want.shape, method
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=method)
+    torch.testing.assert_close(result.logits, model(x))
+
+
+class Counter:
+    def __init__(self, model):
+        self.forwards = 0
+        model.register_forward_pre_hook(self._count)
+
+    def _count(self, *_):
+        self.forwards += 1
+
+
+@pytest.mark.parametrize("methods, passes, forwards", [
+    (DEFAULT_METHODS, ["plain", "guided"], 2),
+    (["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "guided-gradcam", "saliency", "guided-backprop"],
+     ["plain", "guided"], 2),
+    (["guided-backprop"], ["guided"], 1),
+    (["saliency", "deconvnet"], ["plain", "deconvnet"], 2),
+    (["occlusion"], ["forward", "occlusion"], 1 + 1 + 4),  # the logits, Occlusion's clean pass, 25 windows / 7
+])
+def test_each_distinct_pass_runs_once(methods, passes, forwards):
+    model = net()
+    counter = Counter(model)
+    backward = []
+    original = torch.autograd.grad
+    try:
+        torch.autograd.grad = lambda *a, **k: backward.append(1) or original(*a, **k)
+        explainer = Explainer(model, methods, "conv2", options=OPTIONS)
+        result = explainer.explain(torch.randn(2, 3, 12, 12))
+    finally:
+        torch.autograd.grad = original
+    assert explainer.plan() == passes == result.passes
+    assert counter.forwards == forwards
+    assert len(backward) == sum(p in ("plain", "guided", "deconvnet") for p in passes)
+    assert list(result.maps) == list(dict.fromkeys(methods))
+
+
+def test_several_layers_give_fused_and_per_layer_maps():
+    model = net()
+    x = torch.randn(2, 3, 12, 12)
+    result = Explainer(model, ["gradcam", "layercam"], ["conv1", "conv2"]).explain(x)
+    for variant, cls in (("gradcam", GradCAM), ("layercam", LayerCAM)):
+        want = cls(model, ["conv1", "conv2"]).attribute(x, target=result.target)
+        torch.testing.assert_close(result.maps[variant], want.maps[:, 0])
+        assert set(result.layer_maps[variant]) == {"conv1", "conv2"}
+        torch.testing.assert_close(result.layer_maps[variant]["conv1"], want.layer_maps["conv1"][:, 0])
+
+
+def test_layer_resolution_maps_with_guided_gradcam_at_the_input_size():
+    model = net()
+    x = torch.randn(2, 3, 12, 12)
+    result = Explainer(model, ["gradcam", "guided-gradcam"], "conv2", output_size=None).explain(x)
+    assert result.maps["gradcam"].shape == (2, 6, 6)
+    want = GradCAM(model, "conv2").attribute(x, target=result.target, output_size=None).maps[:, 0]
+    torch.testing.assert_close(result.maps["gradcam"], want)
+    torch.testing.assert_close(result.maps["guided-gradcam"], GuidedGradCAM(model, "conv2").attribute(x, result.target))
+
+
+def test_model_in_train_mode_is_explained_in_eval_mode_and_restored():
+    model = net().train()
+    model.fc.eval()
+    stats = model.bn.running_mean.clone()
+    x = torch.randn(2, 3, 12, 12)
+    result = Explainer(model, DEFAULT_METHODS, "conv2").explain(x)
+    assert model.training and model.bn.training and not model.fc.training
+    assert torch.equal(model.bn.running_mean, stats)
+    torch.testing.assert_close(result.logits, net()(x))
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(methods=["gradcam", "nope"]), ValueError, "methods: unknown 'nope'"),
+    (dict(methods=[]), ValueError, "methods: unknown"),
+    (dict(methods=["gradcam"], layers=None), ValueError, "layers: gradcam need a target layer"),
+    (dict(methods=["gradcam"], layers="conv9"), ValueError, "layers: the model has no layer named 'conv9'; close matches: conv2, conv1"),
+    (dict(methods=["saliency"], options={"saliency": {}}), ValueError, "options: 'saliency' take no options"),
+    (dict(methods=["smoothgrad"], options={"smoothgrad": {"samples": 3}}), ValueError, r"options\['smoothgrad'\]: unknown samples"),
+])
+def test_bad_arguments(kwargs, exc, match):
+    kwargs.setdefault("layers", "conv2")
+    with pytest.raises(exc, match=match):
+        Explainer(net(), **kwargs)
+
+
+def test_bad_inputs_raise_before_any_pass():
+    model = net()
+    counter = Counter(model)
+    explainer = Explainer(model, DEFAULT_METHODS, "conv2")
+    for x, match in ((torch.randn(3, 12, 12), "batched"), (torch.full((1, 3, 12, 12), float("nan")), "NaN"),
+                     (torch.randn(1, 3, 12, 12, dtype=torch.float64), "dtype")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            explainer.explain(x)
+    with pytest.raises(ValueError, match=r"target must be in \[0, 5\)"):
+        explainer.explain(torch.randn(1, 3, 12, 12), target=7)
+    assert counter.forwards == 1  # only the last one ran a pass: the range needs the logits
+
+
+def test_bundled_model_default_methods_equal_the_standalone_classes():
+    from interp_ext import models
+    loaded = models.load()
+    x = torch.rand(1, 3, 224, 224) * 2 - 1
+    layer = "_blocks.15"
+    result = Explainer(loaded.model, DEFAULT_METHODS, layer).explain(x)
+    for method in DEFAULT_METHODS:
+        torch.testing.assert_close(result.maps[method], standalone(loaded.model, method, x, result.target, layer),
+                                   rtol=1e-5, atol=1e-6, msg=method)
