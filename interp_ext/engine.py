@@ -1,25 +1,28 @@
 """The planner: ask for many methods, pay for each distinct model pass once.
 
-A method is a description of the pass it needs and how its maps come out of that
-pass's results. `Explainer` groups the requested methods by pass and runs each pass
-once per batch:
+A method is a description of the passes it needs and how its maps come out of their
+results. `Explainer` groups the requested methods and runs each distinct pass once per
+batch:
 
-- ``plain``: one forward and ONE backward, ``torch.autograd.grad`` of the target scores
-  to [each layer's activations..., the input]: every CAM variant and saliency (and the
-  Grad-CAM half of guided Grad-CAM). Without saliency the backward stops at the first
-  layer (nothing before it is recorded). Its logits are the explanation's logits.
-- ``guided`` (guided backprop, and guided Grad-CAM = guided backprop x the Grad-CAM map
-  of the plain pass) and ``deconvnet``: one forward and one backward each, rectifiers
-  rerouted to the native rule.
-- ``smoothgrad``: the noisy copies of the plain pass's input gradient, in chunks.
+- one ``forward`` for every gradient method; with rectifier methods (guided backprop,
+  guided Grad-CAM, deconvnet) it records switchable rectifiers (forward values
+  unchanged) so that several backward passes share it;
+- ``backward:plain``: ONE ``torch.autograd.grad`` of the target scores to [each layer's
+  activations..., the input] for every CAM variant and saliency (the Grad-CAM half of
+  guided Grad-CAM too); without an input gradient it stops at the first layer and
+  nothing before the layer is recorded;
+- ``backward:guided`` (guided backprop; guided Grad-CAM = guided backprop x the Grad-CAM
+  map of the plain backward) and ``backward:deconvnet``: to the input;
+- ``smoothgrad``: the noisy copies of the input gradient, in chunks;
 - ``occlusion`` and ``shapley``: forward-only batches of perturbed copies.
-- ``forward``: when no gradient pass runs, one forward for the logits.
 
-Every map is the number the method's own class gives (tests compare them); the classes
+The forward's logits are the explanation's logits (with no gradient method it runs in
+inference mode). Every map is the number the method's own class gives (tests compare them); the classes
 stay for users who want one method.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -27,11 +30,11 @@ import torch
 from torch import nn
 
 from . import ops
-from .attr._common import Target, check_inputs, eval_mode, input_gradients, model_output, normalize_target, resolve_target
+from .attr._common import Target, check_inputs, eval_mode, model_output, normalize_target, resolve_target
 from .attr.cam import OutputSize, cam_output_size, gradcam_maps
 from .attr.gradient import Saliency
 from .attr.occlusion import Occlusion
-from .attr.rectifiers import RectifierMode
+from .attr.rectifiers import BackwardRule, RectifierMode
 from .attr.shapley import ShapleySampling, grid_feature_mask
 from .attr.smoothgrad import SmoothGrad
 from .layers import LayerCapture, LayerSpec, resolve_layers
@@ -124,20 +127,23 @@ class Explainer:
         wanted = set(self.methods) | ({"gradcam"} if "guided-gradcam" in self.methods else set())
         return [v for v in CAM_VARIANTS if v in wanted]
 
-    def plan(self) -> list[str]:
-        """The passes `explain` runs per batch, in order."""
+    def backward_rules(self) -> list[str]:
+        """The backward passes of the gradient pass: "plain" (CAM variants, saliency),
+        "guided" (guided backprop and guided Grad-CAM), "deconvnet"."""
         m = set(self.methods)
-        passes = []
-        if self.cam_variants or "saliency" in m:
-            passes.append("plain")
+        rules = ["plain"] if self.cam_variants or "saliency" in m else []
         if m & {"guided-backprop", "guided-gradcam"}:
-            passes.append("guided")
+            rules.append("guided")
         if "deconvnet" in m:
-            passes.append("deconvnet")
-        if not passes:
-            passes.append("forward")
-        passes += [p for p in ("smoothgrad", "occlusion", "shapley") if p in m]
-        return passes
+            rules.append("deconvnet")
+        return rules
+
+    def plan(self) -> list[str]:
+        """The passes `explain` runs per batch, in order: one "forward" (shared by every
+        backward pass after it), "backward:<rule>" per backward rule, then the methods
+        that run their own batches ("smoothgrad", "occlusion", "shapley")."""
+        passes = ["forward", *(f"backward:{rule}" for rule in self.backward_rules())]
+        return passes + [p for p in ("smoothgrad", "occlusion", "shapley") if p in self.methods]
 
     # ---- running it --------------------------------------------------------------------
 
@@ -152,67 +158,68 @@ class Explainer:
         size = cam_output_size(self.output_size, inputs)
         target_t = normalize_target(target, inputs.shape[0], inputs.device)
         x = inputs.detach()
-        maps: dict[str, torch.Tensor] = {}
-        layer_maps: dict[str, dict[str, torch.Tensor]] = {}
-        logits: Optional[torch.Tensor] = None
-        input_size_gradcam: Optional[torch.Tensor] = None
-        passes = self.plan()
         with eval_mode(self.model):
-            for kind in passes:
-                if kind == "plain":
-                    logits, target_t, cams, per_layer, grad_x = self._plain(x, target_t, size)
-                    for variant in self.cam_variants:
-                        if variant in self.methods:
-                            maps[variant] = cams[variant][:, 0]
-                            layer_maps[variant] = {name: m[:, 0] for (name, _), m in zip(self.layers, per_layer[variant])}
-                    if "guided-gradcam" in self.methods:
-                        input_size_gradcam = cams.get("gradcam@input", cams["gradcam"])
-                    if grad_x is not None:
-                        maps["saliency"] = ops.saliency_reduce(grad_x)
-                elif kind in ("guided", "deconvnet"):
-                    rule = "guided" if kind == "guided" else "deconvnet"
-                    grad, pass_logits = input_gradients(self.model, x, target_t, RectifierMode(rule))
-                    if logits is None:
-                        logits, target_t = pass_logits, resolve_target(target_t, pass_logits)
-                    if kind == "deconvnet":
-                        maps["deconvnet"] = grad
-                        continue
-                    if "guided-backprop" in self.methods:
-                        maps["guided-backprop"] = grad
-                    if "guided-gradcam" in self.methods:
-                        maps["guided-gradcam"] = grad * input_size_gradcam
-                elif kind == "forward":
-                    with torch.inference_mode():
-                        logits = model_output(self.model(x)).clone()  # (a normal tensor outside inference mode)
-                    target_t = resolve_target(target_t, logits)
-                else:
+            logits, target_t, maps, layer_maps = self._gradient_pass(x, target_t, size)
+            for kind in ("smoothgrad", "occlusion", "shapley"):
+                if kind in self.methods:
                     maps[kind] = self._perturbation_pass(kind, x, target_t)
-        return Explanation({m: maps[m] for m in self.methods}, logits, target_t, layer_maps, passes)
+        return Explanation({m: maps[m] for m in self.methods}, logits, target_t, layer_maps, self.plan())
 
-    def _plain(self, x: torch.Tensor, target_t: Optional[torch.Tensor], size):
-        """One forward, one backward: logits, resolved targets, the CAM maps (fused and per
-        layer, by variant) and the input gradient when saliency is wanted."""
-        need_x = "saliency" in self.methods
+    def _gradient_pass(self, x: torch.Tensor, target_t: Optional[torch.Tensor], size):
+        """One forward; then one backward per rule, each to what its methods need: the
+        layers' activations (CAM variants) and the input (saliency, rectifier rules).
+        With a rectifier rule the forward records switchable rectifiers (their forward
+        values unchanged) and the graph is kept between the backward passes."""
+        rules = self.backward_rules()
+        saliency = "saliency" in self.methods
+        rectified = any(r != "plain" for r in rules)
+        need_x = saliency or rectified
         variants = self.cam_variants
         layers = self.layers if variants else []
+        switch = BackwardRule() if rectified else None
         xin = x.detach().requires_grad_(True) if need_x else x
-        # without the input gradient, autograd starts at the first layer (LayerCapture)
+        # without an input gradient autograd starts at the first layer (LayerCapture);
+        # with no backward pass at all the forward runs in inference mode
         capture = LayerCapture(layers, start_autograd=not need_x, require_map=True)
-        with capture, (torch.enable_grad() if need_x else torch.no_grad()):
+        grad_mode = torch.enable_grad() if need_x else torch.no_grad() if rules else torch.inference_mode()
+        with capture, grad_mode, (RectifierMode(switch) if switch else contextlib.nullcontext()):
             logits = model_output(self.model(xin))
             acts = capture.get()
         target_t = resolve_target(target_t, logits)
-        wrt = [*acts, xin] if need_x else acts
+        maps: dict[str, torch.Tensor] = {}
+        layer_maps: dict[str, dict[str, torch.Tensor]] = {}
+        if not rules:
+            return logits.clone(), target_t, maps, layer_maps  # (clone: a normal tensor outside inference mode)
         with torch.enable_grad():
-            score = logits.gather(1, target_t[:, None])[:, 0]
-            grads = list(torch.autograd.grad(score.sum(), wrt))
-        grad_x = grads.pop() if need_x else None
-        cams, per_layer = {}, {}
+            score = logits.gather(1, target_t[:, None])[:, 0].sum()
+        gradcam_at_input = None
+        for i, rule in enumerate(rules):
+            if switch is not None:
+                switch.rule = rule
+            wrt = ([*acts, xin] if saliency else acts) if rule == "plain" else [xin]
+            grads = list(torch.autograd.grad(score, wrt, retain_graph=i < len(rules) - 1))
+            if rule == "plain":
+                if saliency:
+                    maps["saliency"] = ops.saliency_reduce(grads.pop())
+                for variant in variants:
+                    fused, per_layer = gradcam_maps(acts, grads, variant, size)
+                    maps[variant] = fused[:, 0]
+                    layer_maps[variant] = {name: m[:, 0] for (name, _), m in zip(self.layers, per_layer)}
+                    if variant == "gradcam":
+                        gradcam_at_input = fused
+                if "guided-gradcam" in self.methods and size != tuple(x.shape[-2:]):
+                    gradcam_at_input, _ = gradcam_maps(acts, grads, "gradcam", tuple(x.shape[-2:]))
+            elif rule == "guided":
+                if "guided-backprop" in self.methods:
+                    maps["guided-backprop"] = grads[0]
+                if "guided-gradcam" in self.methods:
+                    maps["guided-gradcam"] = grads[0] * gradcam_at_input
+            else:
+                maps["deconvnet"] = grads[0]
         for variant in variants:
-            cams[variant], per_layer[variant] = gradcam_maps(acts, grads, variant, size)
-        if "guided-gradcam" in self.methods and size != tuple(x.shape[-2:]):
-            cams["gradcam@input"], _ = gradcam_maps(acts, grads, "gradcam", tuple(x.shape[-2:]))
-        return logits.detach(), target_t, cams, per_layer, grad_x
+            if variant not in self.methods:  # Grad-CAM computed only for guided Grad-CAM
+                maps.pop(variant), layer_maps.pop(variant)
+        return logits.detach(), target_t, maps, layer_maps
 
     def _perturbation_pass(self, kind: str, x: torch.Tensor, target_t: torch.Tensor) -> torch.Tensor:
         o = self.options[kind]

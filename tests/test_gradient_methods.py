@@ -101,6 +101,30 @@ def test_every_rectifier_spelling(spelling, method_cls, rule):
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("spelling", list(SPELLINGS))
+def test_one_forward_serves_plain_guided_and_deconvnet_backward_passes(spelling):
+    # RectifierMode(BackwardRule()): each rectifier reads the rule when the gradient arrives
+    from interp_ext.attr.rectifiers import BackwardRule, RectifierMode
+
+    make_act, upper = SPELLINGS[spelling]
+    model = SmallNet(make_act()).double().eval()
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    target = torch.tensor([0, 3, 1, 4])
+    switch = BackwardRule()
+    xr = x.clone().requires_grad_()
+    with RectifierMode(switch):
+        score = model(xr).gather(1, target[:, None]).sum()
+    got = {}
+    for rule in ("plain", "guided", "deconvnet", "plain"):
+        switch.rule = rule
+        (got[rule],) = torch.autograd.grad(score, xr, retain_graph=True)
+    torch.testing.assert_close(got["plain"], Saliency(model).attribute(x, target=target, abs=False), rtol=0, atol=0)
+    torch.testing.assert_close(got["guided"], reference_attribution(model, x, target, upper, "guided"))
+    torch.testing.assert_close(got["deconvnet"], reference_attribution(model, x, target, upper, "deconvnet"))
+    with pytest.raises(ValueError, match="rule must be"):
+        switch.rule = "relu"
+
+
 def test_relu6_bound_is_exercised():
     model = SmallNet(nn.ReLU6()).double()
     x = torch.randn(4, 3, 8, 8, dtype=torch.float64)

@@ -5,10 +5,15 @@ calls themselves, so ``F.relu``, ``torch.relu_``, ``Tensor.relu``, reused and in
 modules, ``nn.ReLU6`` / ``F.relu6`` and ``hardtanh(0, u)`` are all covered, and the
 model is never modified: leaving the ``with`` block (also by an exception) restores
 everything.
+
+With a `BackwardRule` instead of a fixed rule, one forward pass serves several
+backward passes: each rectifier reads the rule when the gradient reaches it, so
+``"plain"`` (the ordinary ReLU gradient: saliency, Grad-CAM), ``"guided"`` and
+``"deconvnet"`` backward passes can follow one forward (``retain_graph=True``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +22,66 @@ from torch.overrides import TorchFunctionMode
 from .. import ops
 
 
-def _rectify(rule: str, x: torch.Tensor, upper: Optional[float], inplace: bool) -> torch.Tensor:
+RULES = ("guided", "deconvnet")
+
+
+class BackwardRule:
+    """The rule rectifiers recorded under ``RectifierMode(BackwardRule())`` apply when a
+    backward pass reaches them: set ``.rule`` to "plain", "guided" or "deconvnet" before
+    each ``torch.autograd.grad``."""
+
+    def __init__(self, rule: str = "plain"):
+        self.rule = rule
+
+    @property
+    def rule(self) -> str:
+        return self._rule
+
+    @rule.setter
+    def rule(self, rule: str) -> None:
+        if rule not in ("plain", *RULES):
+            raise ValueError(f'rule must be "plain", "guided" or "deconvnet", got {rule!r}')
+        self._rule = rule
+
+
+def _plain_bound(upper: float, dtype: torch.dtype) -> float:
+    """upper as the forward's clamp leaves it in `dtype` (see kernels/guided_relu.h)."""
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    return float(torch.tensor(upper, dtype=compute).to(dtype))
+
+
+class _SwitchableRectifier(torch.autograd.Function):
+    """relu / clamp(0, upper) whose backward rule is read from a `BackwardRule` when the
+    gradient arrives. A method-level mechanism of `RectifierMode` (like the mode itself,
+    not meant for torch.compile): the kernels it calls are the registered ops."""
+
+    @staticmethod
+    def forward(ctx, x, upper, switch, inplace):
+        if inplace:
+            ops.guided_relu_(x, upper)
+            ctx.mark_dirty(x)
+            y = x
+        else:
+            y = ops.guided_relu(x, upper)
+        ctx.save_for_backward(y)  # the output gives the same mask as the input
+        ctx.upper, ctx.switch = upper, switch
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        rule = ctx.switch.rule
+        if rule != "plain":
+            return ops.guided_relu_backward(grad, y, ctx.upper, rule), None, None, None
+        # the ordinary gradient, as autograd's own threshold / hardtanh backward gives it
+        if ctx.upper is None:
+            return torch.ops.aten.threshold_backward(grad, y, 0.0), None, None, None
+        return torch.ops.aten.hardtanh_backward(grad, y, 0.0, _plain_bound(ctx.upper, y.dtype)), None, None, None
+
+
+def _rectify(rule: Union[str, BackwardRule], x: torch.Tensor, upper: Optional[float], inplace: bool) -> torch.Tensor:
+    if isinstance(rule, BackwardRule):
+        return _SwitchableRectifier.apply(x, upper, rule, inplace)
     # In-place spellings must leave the result in `x` for code that ignores the
     # return value, and cost no extra memory pass.
     return ops.guided_relu_(x, upper, rule) if inplace else ops.guided_relu(x, upper, rule)
@@ -62,11 +126,12 @@ _HANDLERS: dict[Callable, Callable[..., Any]] = {
 
 class RectifierMode(TorchFunctionMode):
     """Within ``with RectifierMode(rule):`` rectifiers backpropagate by ``rule``
-    ("guided" or "deconvnet"); their forward values are unchanged."""
+    ("guided" or "deconvnet", or a `BackwardRule` chosen per backward pass); their
+    forward values are unchanged."""
 
-    def __init__(self, rule: str = "guided"):
+    def __init__(self, rule: Union[str, BackwardRule] = "guided"):
         super().__init__()
-        if rule not in ("guided", "deconvnet"):
+        if not isinstance(rule, BackwardRule) and rule not in RULES:
             raise ValueError(f'rule must be "guided" or "deconvnet", got {rule!r}')
         self.rule = rule
 
