@@ -10,7 +10,7 @@ from torch import nn
 
 from interp_ext import (CAM, GradCAM, GradCAMPlusPlus, GuidedBackprop, GuidedGradCAM, HiResCAM, LayerCAM, XGradCAM,
                         reference)
-from interp_ext.attr.cam import _Capture, resolve_layers
+from interp_ext.layers import LayerCapture, resolve_layers
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM, "hirescam": HiResCAM}
 
@@ -25,7 +25,7 @@ def resnet():
 def activations_and_gradients(model, layer, x, target):
     """Independent computation: capture the layer output, differentiate the target logits."""
     xr = x.clone().requires_grad_()
-    with _Capture(resolve_layers(model, layer)) as cap:
+    with LayerCapture(resolve_layers(model, layer)) as cap:
         out = model(xr)
         (a,) = cap.get()
     (g,) = torch.autograd.grad(out.gather(1, torch.as_tensor(target)[:, None]).sum(), a)
