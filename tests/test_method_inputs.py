@@ -261,7 +261,7 @@ MODEL_RUNNERS = {
     "invert_features": lambda m: visualize.invert_features(m, _PIX, LAYER, steps=2),
     "capture": lambda m: features.capture(m, LAYER, _PIX),
     "extract_features": lambda m: features.extract_features(m, LAYER, list(_PIX), batch_size=1),
-    "receptive_field": lambda m: features.receptive_field(m, "features.0", 16),
+    "receptive_field": lambda m: features.receptive_field(m, LAYER, 16),  # (past the BatchNorm: the pass stops at the layer)
     "top_activating_patches": lambda m: features.top_activating_patches(m, LAYER, 0, list(_PIX), k=1),
     "tcav": lambda m: features.TCAV(m, LAYER).interpret(_PIX, 0, _PIX, [_PIX, _PIX.flip(0)]),
 }
