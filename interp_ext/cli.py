@@ -19,29 +19,70 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import explain as job
+from . import inputs, models, registry, writers
+
+_EXPLAIN_TEXT = """\
+Explain many images: per image and method an overlay PNG and the raw map (.npy,
+float32), a record DIR/records/<hash>.json, then DIR/summary.json, DIR/index.html
+(an offline gallery) and DIR/gallery.png.
+
+Images are read ahead of the model and written behind it in --workers threads each;
+memory stays flat on any number of images.
+
+Resumable: an image whose record shows the same model weights, input size, target,
+input file and per method the same options and layer is not redone (--force redoes
+it). A killed run keeps every image it finished; run the same command again.
+
+One run at a time per --out (a lock, DIR/.lock). Under torchrun the images are
+sharded across ranks and rank 0 writes the summary and the gallery.
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp-ext", description="Fast CNN interpretability on batches of images.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    d = job.ExplainConfig(inputs=(), out=Path("."))  # the defaults, shown as they resolve here
+    st = d.settings
     ex = sub.add_parser(
         "explain",
         help="attribution maps for many images: overlays, raw .npy maps, summary.json, index.html",
-        description=job.__doc__,
+        description=_EXPLAIN_TEXT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ex.add_argument("inputs", nargs="+", help="image files, folders (recursive) or .txt files listing paths")
-    ex.add_argument("--methods", default=",".join(job.DEFAULT_METHODS),
-                    help="comma list of: " + ", ".join(f"{k} ({m.help})" for k, m in job.METHODS.items()))
-    ex.add_argument("--model", default=job.models.BUNDLED,
-                    help="efficientnet_lite0 (bundled), a torchvision architecture with --weights, or module:function")
+    ex.add_argument("--methods", default=",".join(registry.DEFAULT_METHODS),
+                    help="comma list of: " + ", ".join(f"{k} ({m.help})" for k, m in registry.METHODS.items())
+                    + f" (default: {','.join(registry.DEFAULT_METHODS)})")
+    ex.add_argument("--model", default=models.BUNDLED,
+                    help=f"{models.BUNDLED} (bundled), a torchvision architecture with --weights, or module:function "
+                    f"(default: {models.BUNDLED})")
     ex.add_argument("--weights", help="state-dict file for a torchvision architecture")
     ex.add_argument("--out", required=True, type=Path, help="output folder")
-    ex.add_argument("--batch-size", type=int, default=8)
-    ex.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ex.add_argument("--target", default="top1", help="top1, a class index, or a CSV of image,label rows")
+    ex.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
+                    help=f"images per model call (default: {d.batch_size})")
+    ex.add_argument("--device", default=d.device, help=f"auto, cpu, cuda or cuda:N (default: {d.device})")
+    ex.add_argument("--target", default=d.target,
+                    help=f"top1, a class index, or a CSV of image,label rows (default: {d.target})")
     ex.add_argument("--layer", help="Grad-CAM layer (dotted module name); default: the model's last spatial layer")
+    ex.add_argument("--occlusion-window", type=int, default=st.occlusion_window, metavar="PX",
+                    help=f"occlusion: side of the square window, in pixels (default: {st.occlusion_window})")
+    ex.add_argument("--occlusion-stride", type=int, default=st.occlusion_stride, metavar="PX",
+                    help=f"occlusion: step between windows, at most the window (default: {st.occlusion_stride})")
+    ex.add_argument("--smoothgrad-samples", type=int, default=st.smoothgrad_samples, metavar="N",
+                    help=f"smoothgrad: noisy copies per image (default: {st.smoothgrad_samples})")
+    ex.add_argument("--shapley-patch", type=int, default=st.shapley_patch, metavar="PX",
+                    help=f"shapley: side of the square patches the image is split into (default: {st.shapley_patch})")
+    ex.add_argument("--shapley-samples", type=int, default=st.shapley_samples, metavar="N",
+                    help=f"shapley: random permutations of the patches (default: {st.shapley_samples})")
+    ex.add_argument("--perturbations-per-eval", type=int, default=st.perturbations_per_eval, metavar="N",
+                    help="the memory bound of occlusion, shapley and smoothgrad: perturbed copies in one model "
+                    "call over the whole batch; each image gets max(1, N // batch size) copies per call, "
+                    "smoothgrad's noisy copies (which also run a backward) go N // 4 per call; it changes no map "
+                    f"(default: {st.perturbations_per_eval})")
+    ex.add_argument("--workers", type=int, default=job.default_workers(), metavar="N",
+                    help="threads that read images ahead of the model, and as many that write behind it "
+                    f"(default: {job.default_workers()}, the usable cores up to 4)")
     ex.add_argument("--force", action="store_true",
                     help="redo every image, also those whose record shows they were made with this configuration")
     ex.add_argument("--quiet", action="store_true", help="no progress bar or report")
@@ -53,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, image: bool) -> None:
         if image:
             p.add_argument("images", nargs="+", type=Path, help="input image files")
-        p.add_argument("--model", default=job.models.BUNDLED, help="as for explain")
+        p.add_argument("--model", default=models.BUNDLED, help="as for explain")
         p.add_argument("--weights", help="state-dict file for a torchvision architecture")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -157,9 +198,13 @@ class _Ranks:
 
 def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
-        methods = job.parse_methods(args.methods)
+        methods = registry.parse_methods(args.methods)
     except ValueError as e:
         parser.error(str(e))
+    settings = registry.Settings(occlusion_window=args.occlusion_window, occlusion_stride=args.occlusion_stride,
+                                 smoothgrad_samples=args.smoothgrad_samples, shapley_patch=args.shapley_patch,
+                                 shapley_samples=args.shapley_samples,
+                                 perturbations_per_eval=args.perturbations_per_eval)
     rank, world, local_rank = _distributed()
     device = args.device
     if world > 1:
@@ -173,7 +218,8 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     config = job.ExplainConfig(inputs=args.inputs, out=args.out, methods=methods, model=args.model, weights=args.weights,
                                batch_size=args.batch_size, device=device, target=args.target, layer=args.layer,
-                               quiet=args.quiet or rank > 0, force=args.force)
+                               quiet=args.quiet or rank > 0, force=args.force, settings=settings,
+                               workers=args.workers)
     ranks = _Ranks(rank, world)
     state: dict = {}
     try:
@@ -227,9 +273,9 @@ def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks
         if not owner:
             return None
         summary = job.summarize(prep, parts)
-        job.write_summary(config.out, summary)
-        gallery = job.write_gallery(config.out, summary)
-        job.write_contact_sheet(config.out, summary)
+        writers.write_summary(config.out, summary)
+        gallery = writers.write_gallery(config.out, summary)
+        writers.write_contact_sheet(config.out, summary)
         state["summary"] = summary, gallery
 
     if ranks.failed(ranks.agree(ranks.phase(finish)), 1):
@@ -238,8 +284,8 @@ def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks
         summary, gallery = state["summary"]
         t = summary["timing"]
         rate = f", {t['images_per_second']} img/s" if t["images_per_second"] else ""
-        print(f"explained {t['processed_this_run']} images ({len(summary['images'])} in {job.display_name(config.out)}"
-              f"{rate}); {len(summary['skipped'])} skipped; gallery: {job.display_name(gallery.resolve())}")
+        print(f"explained {t['processed_this_run']} images ({len(summary['images'])} in {inputs.display_name(config.out)}"
+              f"{rate}); {len(summary['skipped'])} skipped; gallery: {inputs.display_name(gallery.resolve())}")
     finished = sum(len(part["images"]) for part in parts)
     if not finished:
         if owner:
@@ -262,8 +308,8 @@ def _visualize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from . import viz, visualize
 
     try:
-        loaded = job.load_model(args.model, args.weights)
-        device = job.pick_device(args.device)
+        loaded = models.load_model(args.model, args.weights)
+        device = models.pick_device(args.device)
         loaded.model.to(device)
         quiet = args.quiet
         written = []
@@ -277,8 +323,8 @@ def _visualize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             missing = [str(p) for p in paths if not p.is_file()]
             if missing:
                 raise ValueError(f"images: no such file {', '.join(missing)}")
-            crops = [loaded.crop(job.read_image(p, loaded.resize_size)) for p in paths]
-            return torch.stack([job.models.to_unit_tensor(c) for c in crops]).to(device)
+            crops = [loaded.crop(inputs.read_image(p, loaded.resize_size)) for p in paths]
+            return torch.stack([models.to_unit_tensor(c) for c in crops]).to(device)
 
         if args.kind in ("class", "channel"):
             kw = dict(steps=args.steps or 200, lr=args.lr, image_size=args.size, seed=args.seed, show_progress=not quiet)

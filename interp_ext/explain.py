@@ -1,6 +1,16 @@
-"""The batch attribution job behind ``interp-ext explain``: find the images, run every
-requested method per batch on the device, write per image an overlay PNG and the raw
-map (.npy, float32) per method, ``summary.json`` and an offline gallery ``index.html``.
+"""The batch attribution job behind ``interp-ext explain``: find the images, compute every
+requested method's maps per batch on the device, write per image an overlay PNG and the
+raw map (.npy, float32) per method, ``summary.json`` and an offline gallery ``index.html``.
+
+The parts: :mod:`interp_ext.inputs` finds and reads the images, :mod:`interp_ext.registry`
+describes the methods, :mod:`interp_ext.writers` writes every file; this module is the job:
+:func:`check`, :func:`load`, :func:`claim` (the phases ``torchrun`` ranks agree on),
+:func:`run` and :func:`summarize`.
+
+Pipelined: reader threads decode, crop and stack the next batches while the model runs
+(bounded: :func:`pipeline_limits`), one call computes a batch's maps
+(``maps, logits = prep.compute_batch(x, targets)``), and writer threads encode and write
+the files behind it. On a GPU the batches are pinned and copied without blocking.
 
 Resumable: each finished image gets a record, ``DIR/records/<hash>.json``, written last
 (after all its files) and holding the configuration that made it (model and a hash of
@@ -18,32 +28,27 @@ the outcome of each phase, so a rank that fails makes every rank exit with its m
 """
 from __future__ import annotations
 
-import codecs
-import csv
+import collections
 import errno
 import hashlib
-import html
 import json
 import os
-import pickle
-import re
+import queue
 import socket
-import stat
 import sys
 import tempfile
+import threading
 import time
-import urllib.parse
-import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import models, ops, viz
+from . import inputs, models, ops, registry, writers
 from .attr import (
     Deconvolution,
     GradCAM,
@@ -60,564 +65,61 @@ from .attr import (
     grid_feature_mask,
 )
 from .attr.cam import resolve_layers
-from .writers import WriteError, atomic_write, atomic_write_bytes, remove_stale_temporaries
+# the job's parts, also importable from here as before the split
+from .inputs import (  # noqa: F401
+    IMAGE_SUFFIXES,
+    LIST_SUFFIXES,
+    ExplainError,
+    ImageRefused,
+    InputImage,
+    discover,
+    display_name,
+    max_decoded_pixels,
+    read_image,
+    read_label_rows,
+    read_labels,
+    resolve_labels,
+)
+from .models import load_model, pick_device
+from .registry import (  # noqa: F401
+    DEFAULT_METHODS,
+    KNOWN_CAM_LAYERS,
+    METHODS,
+    Method,
+    Settings,
+    default_layer,
+    parse_methods,
+    picture,
+)
+from .writers import (  # noqa: F401
+    RECORD_VERSION,
+    WriteError,
+    clean_text,
+    outputs_of,
+    read_record,
+    read_records,
+    record_path,
+    remove_stale_temporaries,
+    save_npy,
+    write_contact_sheet,
+    write_gallery,
+    write_summary,
+)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-LIST_SUFFIXES = {".txt", ".lst"}
-# Grad-CAM layers of the models we ship or name; other models get the last spatial layer.
-KNOWN_CAM_LAYERS = {"efficientnet_lite0": "_blocks.15"}
-TORCHVISION_CAM_LAYERS = {"resnet": "layer4", "resnext": "layer4", "wide_resnet": "layer4", "vgg": "features",
-                          "densenet": "features", "mobilenet": "features", "efficientnet": "features",
-                          "convnext": "features", "regnet": "trunk_output"}
-RECORD_VERSION = 1
 MIN_FREE_BYTES = 1 << 20  # --out's disk must have at least this much free before the model loads
-_INT = re.compile(r"^[+-]?\d+$")
-
-
-class ExplainError(ValueError):
-    """A user error found before any work: the message names the argument."""
 
 
 class BusyError(ExplainError):
     """Another run holds --out's lock."""
 
 
-# ---- names --------------------------------------------------------------------------------
-
-
-def _percent_escape(err: UnicodeError) -> tuple[str, int]:
-    bad = err.object[err.start:err.end]
-    return "".join(f"%{b:02X}" for b in bad), err.end
-
-
-codecs.register_error("interp_ext_percent", _percent_escape)
-
-
-def display_name(name: Any) -> str:
-    """A file name or path as valid Unicode text for JSON, HTML and output folder names:
-    bytes that are not UTF-8 (kept by Python as lone surrogates, PEP 383) become ``%XX``;
-    valid names are unchanged."""
-    s = os.fspath(name) if isinstance(name, (os.PathLike, bytes)) else str(name)
-    raw = s if isinstance(s, bytes) else None
-    if raw is None:
-        try:
-            raw = os.fsencode(s)
-        except UnicodeError:  # surrogates that no file name produced (e.g. from JSON)
-            raw = s.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "interp_ext_percent")
-
-
-# ---- inputs -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InputImage:
-    source: Path
-    key: str  # output sub-folder under DIR/images: unique, valid Unicode, the same on every run
-
-
-def _not_regular(mode: int) -> str:
-    kind = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else
-            "character device" if stat.S_ISCHR(mode) else "block device" if stat.S_ISBLK(mode) else "special file")
-    return f"not a regular file ({kind})"
-
-
-def _stat(path: Path) -> tuple[Optional[os.stat_result], str]:
-    """(stat following links, '') or (None, why it cannot be used)."""
+def default_workers() -> int:
+    """Reader and writer threads when --workers is not given: the usable cores, at most 4."""
     try:
-        return path.stat(), ""
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return None, "symlink loop"
-        if e.errno == errno.ENOENT:
-            return None, "broken symlink" if path.is_symlink() else "no such file or folder"
-        return None, f"cannot read ({e.strerror})"
-
-
-def _walk(root: Path, found: list[tuple[Path, str]], skipped: list[dict], exclude: set) -> None:
-    """Every image under `root`, following symlinked folders but not into a loop."""
-    base = Path(root.resolve().name)
-    items: list[tuple[Path, Optional[str]]] = []  # (path, None) = image, (path, reason) = skipped
-
-    def visit(folder: Path, ancestors: frozenset) -> None:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as e:
-            items.append((folder, f"cannot read the folder ({e.strerror})"))
-            return
-        for entry in entries:
-            path = Path(entry.path)
-            st, why = _stat(path)
-            if entry.name.startswith(".") and (st is None or not stat.S_ISDIR(st.st_mode)):
-                continue  # hidden files
-            if st is None:
-                items.append((path, why))
-            elif stat.S_ISDIR(st.st_mode):
-                ident = (st.st_dev, st.st_ino)
-                if ident in exclude:
-                    continue  # the --out folder inside an input folder
-                if ident in ancestors:
-                    items.append((path, "symlink loop (links to a folder above it)"))
-                else:
-                    visit(path, ancestors | {ident})
-            elif not stat.S_ISREG(st.st_mode):
-                items.append((path, _not_regular(st.st_mode)))
-            elif path.suffix.lower() in IMAGE_SUFFIXES:
-                items.append((path, None))
-            else:
-                items.append((path, f"not an image file (suffix {path.suffix or 'none'!r})"))
-
-    st = root.stat()
-    visit(root, frozenset({(st.st_dev, st.st_ino)}))
-    for path, why in sorted(items, key=lambda item: item[0]):
-        if why is None:
-            found.append((path, str(base / path.relative_to(root))))
-        else:
-            skipped.append({"source": display_name(path), "reason": why})
-
-
-def _read_list(path: Path, found: list[tuple[Path, str]], skipped: list[dict]) -> None:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        skipped.append({"source": display_name(path), "reason": f"cannot read the list ({e.strerror})"})
-        return
-    for raw in data.splitlines():
-        line = os.fsdecode(raw.strip())
-        if not line or line.startswith("#"):
-            continue
-        f = Path(line) if Path(line).is_absolute() else path.parent / line
-        st, why = _stat(f)
-        if st is not None and stat.S_ISREG(st.st_mode):
-            found.append((f, f.name))
-            continue
-        if st is not None:
-            why = "a folder" if stat.S_ISDIR(st.st_mode) else _not_regular(st.st_mode)
-        skipped.append({"source": display_name(f), "reason": f"listed in {display_name(path)} but {why}"})
-
-
-def discover(inputs: Sequence[str], exclude: Optional[Path] = None) -> tuple[list[InputImage], list[dict]]:
-    """Image files, folders (recursive, following symlinked folders, loops reported) and
-    text files listing paths (.txt / .lst) -> images with stable unique keys, and the
-    entries that are not images (with why). `exclude`: a folder not to descend into
-    (the output folder). Keys and reported sources are valid Unicode (:func:`display_name`)."""
-    found: list[tuple[Path, str]] = []
-    skipped: list[dict] = []
-    excluded = set()
-    if exclude is not None:
-        try:
-            st = Path(exclude).stat()
-            excluded.add((st.st_dev, st.st_ino))
-        except OSError:
-            pass
-    for arg in inputs:
-        path = Path(arg)
-        st, why = _stat(path)
-        if st is None:
-            skipped.append({"source": display_name(arg), "reason": why})
-        elif stat.S_ISDIR(st.st_mode):
-            _walk(path, found, skipped, excluded)
-        elif not stat.S_ISREG(st.st_mode):
-            skipped.append({"source": display_name(arg), "reason": _not_regular(st.st_mode)})
-        elif path.suffix.lower() in LIST_SUFFIXES:
-            _read_list(path, found, skipped)
-        else:
-            found.append((path, path.name))
-    images, used = [], set()
-    for source, key in found:
-        key = display_name(key)
-        unique, k = key, 2
-        while unique in used:
-            unique, k = f"{key}~{k}", k + 1
-        used.add(unique)
-        images.append(InputImage(source, unique))
-    return images, skipped
-
-
-class ImageRefused(ValueError):
-    """An image that is not decoded because it is too large."""
-
-
-def max_decoded_pixels() -> Optional[int]:
-    """The most pixels an image may decode to: PIL's decompression-bomb error limit
-    (2 x ``Image.MAX_IMAGE_PIXELS``, about 179 million), or None when that is off."""
-    limit = Image.MAX_IMAGE_PIXELS
-    return None if limit is None else 2 * int(limit)
-
-
-def read_image(path: Path, size_hint: int) -> Image.Image:
-    """An RGB image; 16-bit and float images scaled to 8 bits, palette / grayscale / RGBA
-    converted. JPEGs decode at reduced size (``draft``: 1/2, 1/4 or 1/8, never below
-    `size_hint`), which is all the model needs, so a huge JPEG is read at a fraction of
-    its size; any image still above :func:`max_decoded_pixels` raises
-    :class:`ImageRefused` (the job skips it and says why)."""
-    limit = max_decoded_pixels()
-    saved = Image.MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        Image.MAX_IMAGE_PIXELS = None  # checked below, after draft() shrank a JPEG
-        try:
-            im = Image.open(path)
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-        with im:
-            w0, h0 = im.size
-            im.draft("RGB", (size_hint, size_hint))  # JPEG only; a no-op for other formats
-            w, h = im.size
-            if limit is not None and w * h > limit:
-                raise ImageRefused(f"refused: {w0}x{h0} is {w0 * h0 / 1e6:.1f} Mpixels, above the limit of "
-                                   f"{limit / 1e6:.1f} Mpixels decoded (PIL.Image.MAX_IMAGE_PIXELS x 2)")
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                a = np.asarray(im, dtype=np.float64)
-                top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-                return Image.fromarray((np.clip(a / top, 0, 1) * 255).round().astype(np.uint8)).convert("RGB")
-            return im.convert("RGB")
-
-
-def read_label_rows(path: Path) -> list[tuple[int, str, str]]:
-    """labels.csv rows ``image,label`` -> (line number, image, label text), checked for
-    form only (class names need the model's categories: :func:`resolve_labels`). The
-    first row is a header when its label is not a number and its image column does not
-    name an image file (``image,label``); a first row like ``cat.jpg,tabby`` is data."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
-    except OSError as e:
-        raise ExplainError(f"--target {display_name(path)}: cannot read ({e.strerror})") from None
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise ExplainError(f"--target {display_name(path)}: not a UTF-8 CSV file ({e})") from None
-    out, first = [], True
-    for row_no, row in enumerate(rows, 1):
-        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-            continue
-        if len(row) < 2:
-            raise ExplainError(f"--target {display_name(path)}: line {row_no} needs two columns (image,label), got {row!r}")
-        name, label = row[0].strip(), row[1].strip()
-        if first and not _INT.match(label) and Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-            first = False
-            continue  # header
-        first = False
-        out.append((row_no, name, label))
-    return out
-
-
-def resolve_labels(path: Path, rows: Sequence[tuple[int, str, str]], categories: Sequence[str]) -> dict[str, int]:
-    """Class indices (``5``, ``+5``) or names (case-insensitive) -> {image: class};
-    an unknown class, an index out of range or one image with two different labels is an
-    error naming the line(s)."""
-    index = {name.lower(): i for i, name in enumerate(categories)}
-    where = display_name(path)
-    labels: dict[str, int] = {}
-    line_of: dict[str, int] = {}
-    for row_no, name, label in rows:
-        if _INT.match(label):
-            value = int(label)
-        elif label.lower() in index:
-            value = index[label.lower()]
-        else:
-            raise ExplainError(f"--target {where}: line {row_no}: unknown class {label!r}")
-        if not 0 <= value < len(categories):
-            raise ExplainError(f"--target {where}: line {row_no}: class {value} is not in [0, {len(categories)})")
-        if name in labels and labels[name] != value:
-            raise ExplainError(f"--target {where}: line {row_no}: {name!r} has class {value}, but line "
-                               f"{line_of[name]} gave it class {labels[name]}")
-        labels[name] = value
-        line_of.setdefault(name, row_no)
-    return labels
-
-
-def read_labels(path: Path, categories: Sequence[str]) -> dict[str, int]:
-    """labels.csv rows ``image,label``: image is a file name or path, label a class
-    index or an ImageNet class name. A header row is allowed."""
-    return resolve_labels(path, read_label_rows(path), categories)
-
-
-# ---- methods ----------------------------------------------------------------------------
-
-
-@dataclass
-class Context:
-    model: torch.nn.Module
-    layer: Optional[str]
-    device: torch.device
-    batch_size: int
-
-
-Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, target) -> maps
-
-
-@dataclass(frozen=True)
-class Method:
-    """One explanation: how to build its runner once (validating its options before any
-    work) and how its per-image map is drawn ("heat": (H, W) overlay; "signed": (3, H, W)
-    gradient picture; "channels": (3, H, W) summed over channels, then overlaid).
-    ``options`` are the settings its maps depend on; they are recorded with every image
-    (a re-run with other options redoes the image)."""
-
-    make: Callable[[Context, dict], Runner]
-    picture: str
-    needs_layer: bool = False
-    help: str = ""
-    options: dict = field(default_factory=dict)
-
-    def build(self, ctx: Context) -> Runner:
-        return self.make(ctx, self.options)
-
-
-def _cam(cls) -> Callable[[Context, dict], Runner]:
-    def build(ctx: Context, options: dict) -> Runner:
-        method = cls(ctx.model, ctx.layer)
-        return lambda x, t: method.attribute(x, target=t).maps[:, 0]
-    return build
-
-
-def _guided_gradcam(ctx: Context, options: dict) -> Runner:
-    method = GuidedGradCAM(ctx.model, ctx.layer)
-    return lambda x, t: method.attribute(x, target=t)
-
-
-def _saliency(ctx: Context, options: dict) -> Runner:
-    method = Saliency(ctx.model)
-    return lambda x, t: method.saliency_map(x, target=t)
-
-
-def _smoothgrad(ctx: Context, options: dict) -> Runner:
-    method = SmoothGrad(Saliency(ctx.model), n_samples=options["n_samples"], stdev=options["stdev"], batch_size=16,
-                        seed=options["seed"])
-    return lambda x, t: ops.saliency_reduce(method.attribute(x, target=t, abs=True))
-
-
-def _gradient(cls) -> Callable[[Context, dict], Runner]:
-    def build(ctx: Context, options: dict) -> Runner:
-        method = cls(ctx.model)
-        return lambda x, t: method.attribute(x, target=t)
-    return build
-
-
-def _occlusion(ctx: Context, options: dict) -> Runner:
-    method = Occlusion(ctx.model)
-    window, strides, baseline = tuple(options["window"]), tuple(options["strides"]), options["baseline"]
-    return lambda x, t: method.attribute(x, window, strides, baselines=baseline, target=t, perturbations_per_eval=64)
-
-
-def _shapley(ctx: Context, options: dict) -> Runner:
-    method = ShapleySampling(ctx.model)
-
-    def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        mask = grid_feature_mask(x.shape[2], x.shape[3], options["patch"])
-        return method.attribute(x, mask, baselines=options["baseline"], n_samples=options["n_samples"], target=t,
-                                perturbations_per_eval=64, seed=options["seed"])
-    return run
-
-
-METHODS: dict[str, Method] = {
-    "gradcam": Method(_cam(GradCAM), "heat", True, "Grad-CAM (Selvaraju et al.)"),
-    "gradcam++": Method(_cam(GradCAMPlusPlus), "heat", True, "Grad-CAM++"),
-    "xgradcam": Method(_cam(XGradCAM), "heat", True, "XGrad-CAM"),
-    "layercam": Method(_cam(LayerCAM), "heat", True, "LayerCAM"),
-    "hirescam": Method(_cam(HiResCAM), "heat", True, "HiResCAM"),
-    "guided-gradcam": Method(_guided_gradcam, "signed", True, "guided backprop x Grad-CAM"),
-    "saliency": Method(_saliency, "heat", False, "Simonyan et al. max |gradient| over channels"),
-    "smoothgrad": Method(_smoothgrad, "heat", False, "SmoothGrad of the saliency map (16 samples)",
-                         {"n_samples": 16, "stdev": 0.15, "seed": 0, "abs": True}),
-    "guided-backprop": Method(_gradient(GuidedBackprop), "signed", False, "Springenberg et al."),
-    "deconvnet": Method(_gradient(Deconvolution), "signed", False, "Zeiler & Fergus"),
-    "occlusion": Method(_occlusion, "channels", False, "window 16, stride 8, baseline 0",
-                        {"window": [3, 16, 16], "strides": [3, 8, 8], "baseline": 0}),
-    "shapley": Method(_shapley, "channels", False, "Shapley sampling, 32-px patches, 8 permutations",
-                      {"patch": 32, "n_samples": 8, "seed": 0, "baseline": 0}),
-}
-DEFAULT_METHODS = ("gradcam", "guided-gradcam", "saliency", "guided-backprop")
-
-
-def parse_methods(spec: str) -> list[str]:
-    names = [m.strip() for m in spec.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        raise ValueError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
-    return list(dict.fromkeys(names))
-
-
-def default_layer(model_name: str, model: torch.nn.Module, input_size: int) -> str:
-    """The Grad-CAM layer: a known one, else the last module (in execution order) whose
-    output is a spatial (N, C, h, w) map with h, w > 1."""
-    if model_name in KNOWN_CAM_LAYERS:
-        return KNOWN_CAM_LAYERS[model_name]
-    for prefix, layer in TORCHVISION_CAM_LAYERS.items():
-        if model_name.startswith(prefix) and layer in dict(model.named_modules()):
-            return layer
-    last: list[str] = []
-    names = {m: n for n, m in model.named_modules() if n}
-    hooks = [m.register_forward_hook(lambda mod, i, o: last.append(names[mod])
-                                     if isinstance(o, torch.Tensor) and o.dim() == 4 and min(o.shape[2:]) > 1 else None)
-             for m in names]
-    try:
-        with torch.no_grad():
-            p = next(model.parameters(), None)
-            model(torch.zeros(1, 3, input_size, input_size, device=p.device if p is not None else "cpu"))
-    finally:
-        for h in hooks:
-            h.remove()
-    if not last:
-        raise ValueError("--layer: the model has no layer with a spatial output; name one with --layer")
-    return last[-1]
-
-
-# ---- outputs ------------------------------------------------------------------------------
-
-
-def save_npy(array: np.ndarray, path: Path) -> Path:
-    return atomic_write(path, lambda fh: np.save(fh, array))
-
-
-def picture(kind: str, crop: Image.Image, amap: torch.Tensor) -> Image.Image:
-    if kind == "heat":
-        return viz.overlay(crop, amap)
-    if kind == "signed":
-        return viz.gradient_image(amap)
-    return viz.overlay(crop, amap.sum(0))
-
-
-def outputs_of(out: Path, image: InputImage, methods: Sequence[str]) -> dict[str, Path]:
-    folder = out / "images" / image.key
-    files = {"input": folder / "input.png"}
-    for m in methods:
-        files[f"{m}.png"] = folder / f"{m}.png"
-        files[f"{m}.npy"] = folder / f"{m}.npy"
-    return files
-
-
-def _text(value: Any) -> str:
-    return html.escape(display_name(value))
-
-
-def write_gallery(out: Path, summary: dict) -> Path:
-    """DIR/index.html: images x methods, relative links only (viewable offline). Every
-    name goes through :func:`display_name`, so no file name can break the page."""
-    methods = summary["methods"]
-    rows = []
-    for key, entry in sorted(summary["images"].items()):
-        files = entry.get("files") or {}
-        cells = []
-        for name in ["input", *methods]:
-            rel = files.get("input" if name == "input" else f"{name}.png")
-            if rel is None:
-                cells.append("<td>-</td>")
-                continue
-            src = html.escape(urllib.parse.quote(display_name(rel)))
-            cells.append(f'<td><a href="{src}"><img src="{src}" alt="{_text(key)} {_text(name)}" width="160"></a></td>')
-        top = entry.get("top5") or []
-        pred = _text(f"{top[0]['class']} ({top[0]['probability']:.1%})") if top else ""
-        target = _text(entry.get("target_name", entry.get("target", "")))
-        rows.append(f"<tr><th>{_text(key)}<br><small>top-1: {pred}<br>target: {target}</small></th>{''.join(cells)}</tr>")
-    head = "".join(f"<th>{_text(n)}</th>" for n in ["image", "input", *methods])
-    skipped = "".join(f"<li>{_text(s['source'])}: {_text(s['reason'])}</li>" for s in summary.get("skipped", []))
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>interp_ext gallery</title>
-<style>body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:left}} img{{display:block}}</style></head>
-<body><h1>interp_ext: {_text(summary['model'])}</h1>
-<p>{len(summary['images'])} images, methods: {_text(', '.join(methods))}; device {_text(summary['device'])}</p>
-<table><tr>{head}</tr>
-{chr(10).join(rows)}
-</table>
-{f'<h2>Skipped</h2><ul>{skipped}</ul>' if skipped else ''}
-</body></html>
-"""
-    return atomic_write_bytes(out / "index.html", page.encode("utf-8"))
-
-
-def write_contact_sheet(out: Path, summary: dict, thumb: int = 112, max_images: int = 16) -> Optional[Path]:
-    """DIR/gallery.png: the first `max_images` images x (input + methods) as one picture,
-    for a README or a report (the full set is in index.html)."""
-    keys = sorted(summary["images"])[:max_images]
-    if not keys:
-        return None
-    columns = ["input", *summary["methods"]]
-    label_h = 16
-    sheet = Image.new("RGB", (thumb * len(columns), label_h + thumb * len(keys)), "white")
-    from PIL import ImageDraw
-
-    draw = ImageDraw.Draw(sheet)
-    for c, name in enumerate(columns):
-        draw.text((c * thumb + 4, 2), name, fill="black")
-    for r, key in enumerate(keys):
-        files = summary["images"][key].get("files") or {}
-        for c, name in enumerate(columns):
-            rel = files.get("input" if name == "input" else f"{name}.png")
-            if rel and (out / rel).is_file():
-                try:
-                    with Image.open(out / rel) as im:
-                        sheet.paste(im.convert("RGB").resize((thumb, thumb), Image.BILINEAR), (c * thumb, label_h + r * thumb))
-                except (OSError, ValueError):  # changed under us: leave the cell blank
-                    pass
-    return atomic_write(out / "gallery.png", lambda fh: sheet.save(fh, format="PNG", optimize=True))
-
-
-def clean_text(value: Any) -> Any:
-    """`value` with every string (keys included) made valid Unicode (:func:`display_name`),
-    so that the JSON written is valid for any reader (no lone surrogates)."""
-    if isinstance(value, str):
-        return display_name(value)
-    if isinstance(value, dict):
-        return {clean_text(k): clean_text(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_text(v) for v in value]
-    return value
-
-
-def write_summary(out: Path, summary: dict) -> Path:
-    return atomic_write_bytes(out / "summary.json", json.dumps(clean_text(summary), indent=2).encode("ascii"))
-
-
-# ---- per-image records ----------------------------------------------------------------------
-
-
-def record_path(out: Path, key: str) -> Path:
-    """DIR/records/<hash of the key>.json: written last for each image, after all its files."""
-    return Path(out) / "records" / f"{hashlib.sha256(key.encode('utf-8')).hexdigest()[:32]}.json"
-
-
-_ENTRY_FIELDS = ("source", "target", "target_name", "top5", "files", "config", "methods")
-
-
-def read_record(path: Path) -> Optional[dict]:
-    """A record, or None if missing, unreadable, of another version or malformed."""
-    try:
-        rec = json.loads(Path(path).read_bytes())
-    except (OSError, ValueError):
-        return None
-    if (not isinstance(rec, dict) or rec.get("version") != RECORD_VERSION or not isinstance(rec.get("key"), str)
-            or any(f not in rec for f in _ENTRY_FIELDS) or not isinstance(rec["files"], dict)
-            or not isinstance(rec["methods"], dict) or not isinstance(rec["config"], dict)):
-        return None
-    return rec
-
-
-def _entry(rec: dict) -> dict:
-    return {f: rec[f] for f in _ENTRY_FIELDS}
-
-
-def _files_exist(out: Path, files: dict) -> bool:
-    return all(isinstance(rel, str) and (out / rel).is_file() for rel in files.values())
-
-
-def read_records(out: Path) -> dict[str, dict]:
-    """key -> record, for every valid record under DIR/records whose files all exist."""
-    found = {}
-    try:
-        names = sorted(e.name for e in os.scandir(Path(out) / "records") if e.name.endswith(".json"))
-    except OSError:
-        return found
-    for name in names:
-        rec = read_record(Path(out) / "records" / name)
-        if rec is not None and display_name(rec["key"]) == rec["key"] and _files_exist(Path(out), rec["files"]):
-            found[rec["key"]] = rec
-    return found
-
-
-# ---- the job ------------------------------------------------------------------------------
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 @dataclass
@@ -633,6 +135,8 @@ class ExplainConfig:
     layer: Optional[str] = None
     quiet: bool = False
     force: bool = False  # redo images even when their record matches
+    settings: Settings = field(default_factory=Settings)  # occlusion window, samples, perturbations per eval...
+    workers: Optional[int] = None  # reader threads and writer threads; None: default_workers()
 
 
 class OutLock:
@@ -687,6 +191,9 @@ class Checked:
     lock: Optional[OutLock] = None
 
 
+ComputeBatch = Callable[[torch.Tensor, Optional[torch.Tensor]], "tuple[dict[str, torch.Tensor], torch.Tensor]"]
+
+
 @dataclass
 class Prepared:
     """Everything validated and loaded, before any image is touched."""
@@ -695,63 +202,21 @@ class Prepared:
     loaded: models.LoadedModel
     device: torch.device
     layer: Optional[str]
-    runners: dict[str, Runner]
+    methods: list[str]
+    compute_batch: ComputeBatch  # maps, logits = compute_batch(x, targets): see BatchComputer
     labels: Optional[dict[str, int]]
     fixed_target: Optional[int]
     images: list[InputImage] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     model_config: dict = field(default_factory=dict)  # model, weights hash, input: recorded per image
     method_configs: dict = field(default_factory=dict)  # per method: options and layer
+    execution: dict = field(default_factory=dict)  # recorded per image, not matched on resume: they change no map
+    workers: int = 1
     lock: Optional[OutLock] = None
 
     def close(self) -> None:
         if self.lock is not None:
             self.lock.release()
-
-
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible")
-    if spec not in ("cpu", "cuda") and not spec.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
-    return torch.device(spec)
-
-
-def load_model(spec: str, weights: Optional[str]) -> models.LoadedModel:
-    """The bundled model, a torchvision architecture with --weights, or module:function
-    returning an nn.Module or a LoadedModel (ImageNet preprocessing for a bare module)."""
-    if ":" in spec:
-        import importlib
-
-        module_name, func_name = spec.split(":", 1)
-        sys.path.insert(0, os.getcwd())
-        try:
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as e:
-                raise ExplainError(f"--model {spec}: cannot import {module_name!r} ({e})") from None
-            if not callable(getattr(module, func_name, None)):
-                raise ExplainError(f"--model {spec}: {module_name!r} has no function {func_name!r}")
-            obj = getattr(module, func_name)()
-        finally:
-            sys.path.pop(0)
-        if isinstance(obj, models.LoadedModel):
-            return obj
-        if not isinstance(obj, torch.nn.Module):
-            raise TypeError(f"--model {spec}: must return an nn.Module or interp_ext.models.LoadedModel, got {type(obj).__name__}")
-        return models.LoadedModel(model=obj.eval(), name=spec, categories=models.imagenet_categories(), input_size=224,
-                                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize_size=256)
-    try:
-        return models.load(spec, weights)
-    except (EOFError, pickle.UnpicklingError) as e:
-        raise ExplainError(f"--weights {display_name(weights)}: not a PyTorch state-dict file "
-                           f"({type(e).__name__})") from None
-    except RuntimeError as e:  # not a torch file, or another model's state
-        words = " ".join(str(e).split())
-        words = words if len(words) <= 240 else words[:240] + "..."
-        raise ExplainError(f"--weights {display_name(weights)}: cannot load it into {spec} ({words})") from None
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -805,9 +270,9 @@ def check_out(out: Path) -> None:
 
 def check(config: ExplainConfig, owner: bool = True) -> Checked:
     """Every check that needs no model, and the inputs: the methods, --batch-size,
-    --device, the form of --target (a labels file is read), --weights exists, --out is a
-    writable folder on a disk with room. `owner`: take DIR/.lock now if DIR exists (the
-    process that owns the run; torchrun's rank 0)."""
+    --workers, the method settings, --device, the form of --target (a labels file is
+    read), --weights exists, --out is a writable folder on a disk with room. `owner`:
+    take DIR/.lock now if DIR exists (the process that owns the run; torchrun's rank 0)."""
     for m in config.methods:
         if m not in METHODS:
             raise ExplainError(f"--methods: unknown {m}; choose from {', '.join(METHODS)}")
@@ -815,11 +280,18 @@ def check(config: ExplainConfig, owner: bool = True) -> Checked:
         raise ExplainError("--methods: none given")
     if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) or config.batch_size < 1:
         raise ExplainError(f"--batch-size must be positive, got {config.batch_size!r}")
+    if config.workers is not None and (isinstance(config.workers, bool) or not isinstance(config.workers, int)
+                                       or config.workers < 1):
+        raise ExplainError(f"--workers must be a positive integer, got {config.workers!r}")
+    try:
+        config.settings.check()
+    except ValueError as e:
+        raise ExplainError(str(e)) from None
     pick_device(config.device)
     label_rows, fixed = None, None
     target = str(config.target).strip()
     if target != "top1":
-        if _INT.match(target):
+        if inputs.INT_PATTERN.match(target):
             fixed = int(target)
             if fixed < 0:
                 raise ExplainError(f"--target: class {fixed} is negative")
@@ -845,7 +317,8 @@ def check(config: ExplainConfig, owner: bool = True) -> Checked:
 
 def load(checked: Checked) -> Prepared:
     """Load the model and build each method: the remaining errors (unknown model, layer,
-    class out of range, label names) surface here, before any image is read or written."""
+    class out of range, label names, a window larger than the input) surface here,
+    before any image is read or written."""
     config = checked.config
     methods = list(config.methods)
     device = pick_device(config.device)
@@ -857,21 +330,27 @@ def load(checked: Checked) -> Prepared:
         raise ExplainError(f"--target: class {fixed} is not in [0, {len(loaded.categories)})")
     if checked.label_rows is not None:
         labels = resolve_labels(Path(config.target), checked.label_rows, loaded.categories)
+    if any(m in ("occlusion", "shapley") for m in methods):
+        try:
+            config.settings.check(loaded.input_size)
+        except ValueError as e:
+            raise ExplainError(str(e)) from None
     layer = None
     if any(METHODS[m].needs_layer for m in methods):
         layer = config.layer or default_layer(loaded.name, loaded.model, loaded.input_size)
         resolve_layers(loaded.model, layer)  # unknown name: an error with close matches
-    ctx = Context(loaded.model, layer, device, config.batch_size)
-    runners = {m: METHODS[m].build(ctx) for m in methods}
+    options = registry.method_options(methods, config.settings)
+    compute = BatchComputer(loaded.model, layer, device, methods, options, config.settings)
     model_config = _jsonable({
         "version": RECORD_VERSION,
         "model": {"name": loaded.name, "weights_sha256": fingerprint},
         "input": {"size": loaded.input_size, "resize": loaded.resize_size, "mean": loaded.mean, "std": loaded.std},
     })
-    method_configs = _jsonable({m: {"options": METHODS[m].options, "layer": layer if METHODS[m].needs_layer else None}
+    method_configs = _jsonable({m: {"options": options[m], "layer": layer if METHODS[m].needs_layer else None}
                                 for m in methods})
-    return Prepared(config, loaded, device, layer, runners, labels, fixed, checked.images, checked.skipped,
-                    model_config, method_configs, checked.lock)
+    execution = {"batch_size": config.batch_size, "perturbations_per_eval": config.settings.perturbations_per_eval}
+    return Prepared(config, loaded, device, layer, methods, compute, labels, fixed, checked.images, checked.skipped,
+                    model_config, method_configs, execution, config.workers or default_workers(), checked.lock)
 
 
 def claim(prep: Prepared) -> None:
@@ -936,66 +415,355 @@ def _finished(out: Path, rec: Optional[dict], image_config: dict, prep: Prepared
         return False
     if any(rec["methods"].get(m) != mc for m, mc in prep.method_configs.items()):
         return False
-    files = outputs_of(out, image, list(prep.runners))
+    files = outputs_of(out, image, prep.methods)
     return all(rec["files"].get(k) == str(p.relative_to(out)) and p.is_file() for k, p in files.items())
 
 
-def _write_image(out: Path, prep: Prepared, image: InputImage, image_config: dict, crop: Image.Image,
-                 maps: dict[str, torch.Tensor], fields: dict) -> dict:
-    """The image's files, then its record (last: a record means every file is complete)."""
-    methods = list(prep.runners)
-    rpath = record_path(out, image.key)
-    old = read_record(rpath)
-    if old is not None or rpath.exists():
+# ---- computing one batch's maps -----------------------------------------------------------
+#
+# The job asks for a batch's maps in ONE call, ``maps, logits = compute_batch(x, targets)``.
+# Today it runs each method's own class (a runner per method, below); the planner
+# (interp_ext.engine.Explainer) can take its place without the job changing.
+
+
+@dataclass
+class Context:
+    model: torch.nn.Module
+    layer: Optional[str]
+    device: torch.device
+    settings: Settings
+
+
+Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, target) -> maps
+
+
+def _cam(cls) -> Callable[[Context, dict], Runner]:
+    def build(ctx: Context, options: dict) -> Runner:
+        method = cls(ctx.model, ctx.layer)
+        return lambda x, t: method.attribute(x, target=t).maps[:, 0]
+    return build
+
+
+def _guided_gradcam(ctx: Context, options: dict) -> Runner:
+    method = GuidedGradCAM(ctx.model, ctx.layer)
+    return lambda x, t: method.attribute(x, target=t)
+
+
+def _saliency(ctx: Context, options: dict) -> Runner:
+    method = Saliency(ctx.model)
+    return lambda x, t: method.saliency_map(x, target=t)
+
+
+def _smoothgrad(ctx: Context, options: dict) -> Runner:
+    saliency = Saliency(ctx.model)
+    ppe = ctx.settings.perturbations_per_eval
+
+    def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # the noise of copy k depends on the seed and k only: the chunk size changes no map
+        method = SmoothGrad(saliency, n_samples=options["n_samples"], stdev=options["stdev"],
+                            batch_size=registry.smoothgrad_chunk(ppe, x.shape[0]), seed=options["seed"])
+        return ops.saliency_reduce(method.attribute(x, target=t, abs=True))
+    return run
+
+
+def _gradient(cls) -> Callable[[Context, dict], Runner]:
+    def build(ctx: Context, options: dict) -> Runner:
+        method = cls(ctx.model)
+        return lambda x, t: method.attribute(x, target=t)
+    return build
+
+
+def _occlusion(ctx: Context, options: dict) -> Runner:
+    method = Occlusion(ctx.model)
+    window, strides, baseline = tuple(options["window"]), tuple(options["strides"]), options["baseline"]
+    ppe = ctx.settings.perturbations_per_eval
+    return lambda x, t: method.attribute(x, window, strides, baselines=baseline, target=t,
+                                         perturbations_per_eval=registry.copies_per_image(ppe, x.shape[0]))
+
+
+def _shapley(ctx: Context, options: dict) -> Runner:
+    method = ShapleySampling(ctx.model)
+    ppe = ctx.settings.perturbations_per_eval
+
+    def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        mask = grid_feature_mask(x.shape[2], x.shape[3], options["patch"])
+        return method.attribute(x, mask, baselines=options["baseline"], n_samples=options["n_samples"], target=t,
+                                perturbations_per_eval=registry.copies_per_image(ppe, x.shape[0]),
+                                seed=options["seed"])
+    return run
+
+
+RUNNERS: dict[str, Callable[[Context, dict], Runner]] = {
+    "gradcam": _cam(GradCAM),
+    "gradcam++": _cam(GradCAMPlusPlus),
+    "xgradcam": _cam(XGradCAM),
+    "layercam": _cam(LayerCAM),
+    "hirescam": _cam(HiResCAM),
+    "guided-gradcam": _guided_gradcam,
+    "saliency": _saliency,
+    "smoothgrad": _smoothgrad,
+    "guided-backprop": _gradient(GuidedBackprop),
+    "deconvnet": _gradient(Deconvolution),
+    "occlusion": _occlusion,
+    "shapley": _shapley,
+}
+
+
+class BatchComputer:
+    """``maps, logits = compute_batch(x, targets)``: every requested method's maps of one
+    batch. `x`: the normalised (B, 3, H, W) batch on the device; `targets`: (B,) class
+    indices on the device, or None for each image's top-1 class. `maps`: {method: (B, H, W)
+    for heat maps, (B, 3, H, W) for signed / per-channel maps}, on the device; `logits`:
+    (B, classes). ``seconds``: the time spent per method so far."""
+
+    def __init__(self, model: torch.nn.Module, layer: Optional[str], device: torch.device, methods: Sequence[str],
+                 options: dict[str, dict], settings: Settings):
+        self.model, self.device = model, device
+        ctx = Context(model, layer, device, settings)
+        self.runners = {m: RUNNERS[m](ctx, options[m]) for m in methods}
+        self.seconds = {m: 0.0 for m in methods}
+
+    def __call__(self, x: torch.Tensor, targets: Optional[torch.Tensor] = None
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        with torch.no_grad():
+            logits = self.model(x)
+        target = logits.argmax(dim=1) if targets is None else targets
+        maps = {}
+        for m, runner in self.runners.items():
+            t0 = time.perf_counter()
+            maps[m] = runner(x, target).detach()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[m] += time.perf_counter() - t0
+        return maps, logits
+
+
+# ---- the pipeline: readers ahead of the model, writers behind it --------------------------
+
+
+def pipeline_limits(batch_size: int, workers: int) -> dict[str, int]:
+    """The bounds that keep the job's memory flat on any number of images:
+    ``read_ahead`` images being decoded by the readers, ``ready_batches`` stacked batches
+    waiting for the model, ``write_behind`` images queued or being written. An image is
+    in flight from its read to its record; at most ``in_flight`` are at once (the readers,
+    the batch being assembled, the ready batches, the batch at the model, the writers)."""
+    read_ahead = max(batch_size, 2 * workers)
+    ready_batches = 2
+    write_behind = batch_size + 2 * workers
+    return {"read_ahead": read_ahead, "ready_batches": ready_batches, "write_behind": write_behind,
+            "in_flight": read_ahead + (ready_batches + 2) * batch_size + write_behind}
+
+
+@dataclass
+class _Item:
+    image: InputImage
+    spec: Any  # "top1" or the class index
+    image_config: dict
+    crop: Optional[Image.Image] = None
+
+
+@dataclass
+class _Batch:
+    items: list[_Item]
+    x: Optional[torch.Tensor]  # (B, 3, S, S) on the host, pinned for a CUDA device
+    skipped: list[tuple[Path, str]]  # unreadable or refused images met while assembling it (in order)
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_END = object()
+
+
+def _decode(image: InputImage, loaded: models.LoadedModel) -> tuple[bool, Any]:
+    """(True, (crop, tensor)) or (False, why the image is skipped)."""
+    try:
+        return True, inputs.load_crop(image, loaded)
+    except ImageRefused as e:
+        return False, str(e)
+    except Exception as e:  # unreadable, truncated, not an image: skip it
+        return False, f"unreadable ({type(e).__name__}: {display_name(str(e))})"
+
+
+class _Reader:
+    """Reads, crops and stacks batches ahead of the model: `workers` threads decode (PIL
+    releases the GIL), one thread assembles the batches in input order into a queue of
+    ``ready_batches``. Iterate to get the batches; :meth:`close` stops it (always call it)."""
+
+    def __init__(self, todo: Sequence[_Item], loaded: models.LoadedModel, batch_size: int, workers: int,
+                 limits: dict, pin: bool):
+        self.todo, self.loaded, self.batch_size, self.pin = todo, loaded, batch_size, pin
+        self.read_ahead = limits["read_ahead"]
+        self.ready: queue.Queue = queue.Queue(maxsize=limits["ready_batches"])
+        self.stop = threading.Event()
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="interp-ext-read")
+        self.thread = threading.Thread(target=self._assemble, name="interp-ext-batches", daemon=True)
+        self.thread.start()
+
+    def _put(self, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                self.ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+
+    def _batch(self, items: list[_Item], tensors: list[torch.Tensor], skipped: list) -> _Batch:
+        x = torch.stack(tensors) if tensors else None
+        if x is not None and self.pin:
+            x = x.pin_memory()  # so that the copy to the device does not block
+        return _Batch(items, x, skipped)
+
+    def _assemble(self) -> None:
         try:
-            rpath.unlink()  # the files are about to change: no record until they are all written
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise WriteError(rpath, e) from e
-    files = outputs_of(out, image, methods)
-    for m in methods:
-        amap = maps[m]
-        save_npy(amap.numpy().astype(np.float32), files[f"{m}.npy"])
-        viz.save_png(picture(METHODS[m].picture, crop, amap), files[f"{m}.png"])
-    viz.save_png(crop, files["input"])
-    rec_methods: dict[str, dict] = {}
-    rec_files = {"input": str(files["input"].relative_to(out))}
-    if old is not None and old["key"] == image.key and old["config"] == image_config:
-        for m, mc in old["methods"].items():  # maps of other methods made with the same model and target
-            kept = {k: old["files"].get(k) for k in (f"{m}.png", f"{m}.npy")}
-            if m not in prep.method_configs and _files_exist(out, kept):
-                rec_methods[m] = mc
-                rec_files.update(kept)
-    for m in methods:
-        rec_methods[m] = prep.method_configs[m]
-        rec_files[f"{m}.png"] = str(files[f"{m}.png"].relative_to(out))
-        rec_files[f"{m}.npy"] = str(files[f"{m}.npy"].relative_to(out))
-    record = {"version": RECORD_VERSION, "key": image.key, "source": display_name(image.source),
-              "config": image_config, "methods": rec_methods, **fields, "files": rec_files}
-    record = clean_text(record)
-    atomic_write_bytes(rpath, json.dumps(record, indent=1).encode("ascii"))
-    return _entry(record)
+            pending: collections.deque = collections.deque()
+            source = iter(self.todo)
+
+            def fill() -> None:
+                while len(pending) < self.read_ahead and not self.stop.is_set():
+                    item = next(source, None)
+                    if item is None:
+                        return
+                    pending.append((item, self.pool.submit(_decode, item.image, self.loaded)))
+
+            fill()
+            items: list[_Item] = []
+            tensors: list[torch.Tensor] = []
+            skipped: list[tuple[Path, str]] = []
+            while pending and not self.stop.is_set():
+                item, future = pending.popleft()
+                ok, value = future.result()
+                fill()
+                if ok:
+                    items.append(_Item(item.image, item.spec, item.image_config, value[0]))
+                    tensors.append(value[1])
+                else:
+                    skipped.append((item.image.source, value))
+                if len(items) == self.batch_size:
+                    self._put(self._batch(items, tensors, skipped))
+                    items, tensors, skipped = [], [], []
+            if items or skipped:
+                self._put(self._batch(items, tensors, skipped))
+            self._put(_END)
+        except BaseException as e:  # handed to the main thread, which raises it
+            self._put(_Failed(e))
+
+    def __iter__(self) -> Iterator[_Batch]:
+        while True:
+            got = self.ready.get()
+            if got is _END:
+                return
+            if isinstance(got, _Failed):
+                raise got.error
+            yield got
+
+    def close(self) -> None:
+        self.stop.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        while self.thread.is_alive():
+            try:
+                self.ready.get(timeout=0.1)  # unblock the assembler
+            except queue.Empty:
+                pass
+        self.pool.shutdown(wait=True)
+
+
+class _Writer:
+    """Encodes and writes images' files behind the model in `workers` threads; at most
+    `limit` images queued or being written (:meth:`submit` waits for a slot). The first
+    error is kept: later writes do nothing, and :meth:`submit` / :meth:`finish` raise it.
+    :meth:`close` (always call it) drops the writes not started and waits for those
+    running, so no temporary file remains."""
+
+    def __init__(self, workers: int, limit: int, done: Callable[[Any], None]):
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="interp-ext-write")
+        self.slots = threading.Semaphore(limit)
+        self.done = done
+        self.error: Optional[BaseException] = None
+        self.lock = threading.Lock()
+
+    def _run(self, fn: Callable, args: tuple) -> None:
+        try:
+            if self.error is None:
+                self.done(fn(*args))
+        except BaseException as e:
+            with self.lock:
+                if self.error is None:
+                    self.error = e
+        finally:
+            self.slots.release()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, fn: Callable, *args: Any) -> None:
+        self.check()
+        while not self.slots.acquire(timeout=0.1):
+            self.check()
+        self.pool.submit(self._run, fn, args)
+
+    def finish(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.check()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class _Host:
+    """One batch's results copied to the host; on a CUDA device the copies run without
+    blocking and `ready` says when they are complete."""
+
+    maps: dict[str, torch.Tensor]
+    logits: torch.Tensor
+    target: torch.Tensor
+    ready: Optional[Any] = None  # torch.cuda.Event
+
+    def wait(self) -> None:
+        if self.ready is not None:
+            self.ready.synchronize()
+
+
+def _to_host(maps: dict[str, torch.Tensor], logits: torch.Tensor, target: torch.Tensor, device: torch.device) -> _Host:
+    if device.type != "cuda":
+        return _Host({m: v.detach().float().cpu() for m, v in maps.items()}, logits.detach().float().cpu(),
+                     target.cpu())
+    # device -> pinned host memory without blocking; the writers wait for the event
+    host = _Host({m: v.detach().float().to("cpu", non_blocking=True) for m, v in maps.items()},
+                 logits.detach().float().to("cpu", non_blocking=True), target.to("cpu", non_blocking=True))
+    host.ready = torch.cuda.Event()
+    host.ready.record(torch.cuda.current_stream(device))
+    return host
+
+
+# ---- the job ------------------------------------------------------------------------------
 
 
 def run(prep: Prepared, images: Optional[Sequence[InputImage]] = None) -> dict:
     """Explain `images` (default: all discovered) and return this run's summary part:
     ``images`` (key -> entry), ``skipped``, ``seconds`` per method, ``processed``. An image
     whose record matches this configuration is taken from the record (unless ``force``).
-    A file that cannot be written raises :class:`WriteError` (no temporary file is left;
-    the images finished so far keep their records)."""
+
+    Pipelined (:func:`pipeline_limits`): reader threads decode and stack the next batches
+    while ``prep.compute_batch`` runs, writer threads write each image's files and then its
+    record behind it. A file that cannot be written raises :class:`WriteError` once the
+    writes under way have ended (the writes not started are dropped; no temporary file is
+    left; the images finished so far keep their records)."""
     cfg, loaded = prep.config, prep.loaded
     out = Path(cfg.out)
     images = prep.images if images is None else images
     entries: dict[str, dict] = {}
     skipped: list[dict] = []
-    seconds = {m: 0.0 for m in prep.runners}
 
     def report(source: Path, reason: str) -> None:
         skipped.append({"source": display_name(source), "reason": reason})
         print(f"interp-ext: skipped {display_name(source)}: {reason}", file=sys.stderr)
 
-    todo: list[tuple[InputImage, Any, dict]] = []
+    todo: list[_Item] = []
     for image in images:
         label = None
         if prep.labels is not None:
@@ -1008,62 +776,73 @@ def run(prep: Prepared, images: Optional[Sequence[InputImage]] = None) -> dict:
         if not cfg.force:
             rec = read_record(record_path(out, image.key))
             if _finished(out, rec, image_config, prep, image):
-                entries[image.key] = _entry(rec)
+                entries[image.key] = writers.entry_of(rec)
                 continue
-        todo.append((image, spec, image_config))
+        todo.append(_Item(image, spec, image_config))
 
-    processed = 0
+    cuda = prep.device.type == "cuda"
+    seconds_before = dict(getattr(prep.compute_batch, "seconds", None) or {})
+    kinds = {m: METHODS[m].picture for m in prep.methods}
+    limits = pipeline_limits(cfg.batch_size, prep.workers)
+    lock = threading.Lock()
+    processed = [0]
+    compute_seconds = 0.0
     start_all = time.perf_counter()
     bar = tqdm(total=len(todo), desc="explain", unit="img", disable=cfg.quiet)
-    for first in range(0, len(todo), cfg.batch_size):
-        batch, crops, tensors = [], [], []
-        for image, spec, image_config in todo[first : first + cfg.batch_size]:
-            try:
-                pil = read_image(image.source, loaded.resize_size)
-            except ImageRefused as e:
-                report(image.source, str(e))
-                bar.update(1)
+
+    def written(result: tuple[str, dict]) -> None:  # in a writer thread
+        key, entry = result
+        with lock:
+            entries[key] = entry
+            processed[0] += 1
+            bar.update(1)
+
+    def write(item: _Item, i: int, host: _Host) -> tuple[str, dict]:  # in a writer thread
+        host.wait()
+        t = int(host.target[i])
+        fields = {
+            "target": t,
+            "target_name": loaded.categories[t] if t < len(loaded.categories) else str(t),
+            "top5": [{"class": c, "probability": round(p, 4)} for c, p in loaded.top_k(host.logits[i : i + 1], 5)[0]],
+        }
+        entry = writers.write_image(out, item.image, item.image_config, prep.method_configs, item.crop,
+                                    {m: host.maps[m][i] for m in prep.methods}, fields, picture, kinds,
+                                    prep.execution)
+        return item.image.key, entry
+
+    reader = _Reader(todo, loaded, cfg.batch_size, prep.workers, limits, pin=cuda) if todo else None
+    writer = _Writer(prep.workers, limits["write_behind"], written)
+    try:
+        for batch in reader or ():
+            for source, reason in batch.skipped:
+                report(source, reason)
+                with lock:
+                    bar.update(1)
+            if not batch.items:
                 continue
-            except Exception as e:  # unreadable, truncated, not an image: skip it
-                report(image.source, f"unreadable ({type(e).__name__}: {display_name(str(e))})")
-                bar.update(1)
-                continue
-            crop = loaded.crop(pil)  # what preprocess would compute, done once
-            batch.append((image, spec, image_config))
-            crops.append(crop)
-            tensors.append(loaded.normalize(models.to_unit_tensor(crop)))
-        if not batch:
-            continue
-        x = torch.stack(tensors).to(prep.device)
-        with torch.no_grad():
-            logits = loaded.model(x)
-        if batch[0][1] == "top1":
-            target = logits.argmax(dim=1)
-        else:
-            target = torch.tensor([spec for _, spec, _ in batch], device=prep.device)
-        top5 = loaded.top_k(logits, 5)
-        maps = {}
-        for m, runner in prep.runners.items():
+            writer.check()
+            x = batch.x.to(prep.device, non_blocking=cuda)
+            targets = None
+            if batch.items[0].spec != "top1":
+                targets = torch.tensor([item.spec for item in batch.items], device=prep.device)
             t0 = time.perf_counter()
-            maps[m] = runner(x, target).detach().float().cpu()
-            if prep.device.type == "cuda":
-                torch.cuda.synchronize(prep.device)
-            seconds[m] += time.perf_counter() - t0
-        for i, (image, spec, image_config) in enumerate(batch):
-            t = int(target[i])
-            fields = {
-                "target": t,
-                "target_name": loaded.categories[t] if t < len(loaded.categories) else str(t),
-                "top5": [{"class": c, "probability": round(p, 4)} for c, p in top5[i]],
-            }
-            entries[image.key] = _write_image(out, prep, image, image_config, crops[i], {m: maps[m][i] for m in maps},
-                                              fields)
-            processed += 1
-        bar.update(len(batch))
-        elapsed = time.perf_counter() - start_all
-        bar.set_postfix_str(f"{processed / elapsed:.2f} img/s" if elapsed > 0 else "")
-    bar.close()
-    return {"images": entries, "skipped": skipped, "seconds": seconds, "processed": processed,
+            maps, logits = prep.compute_batch(x, targets)
+            host = _to_host(maps, logits, logits.argmax(dim=1) if targets is None else targets, prep.device)
+            compute_seconds += time.perf_counter() - t0
+            del maps, logits, x
+            for i, item in enumerate(batch.items):
+                writer.submit(write, item, i, host)
+            del batch, host
+        writer.finish()
+    finally:
+        if reader is not None:
+            reader.close()
+        writer.close()
+        bar.close()
+    seconds = dict(getattr(prep.compute_batch, "seconds", None) or {})
+    return {"images": entries, "skipped": skipped,
+            "seconds": {m: seconds.get(m, 0.0) - seconds_before.get(m, 0.0) for m in prep.methods},
+            "compute_seconds": compute_seconds, "processed": processed[0],
             "wall_seconds": time.perf_counter() - start_all}
 
 
@@ -1072,24 +851,25 @@ def summarize(prep: Prepared, parts: Sequence[dict]) -> dict:
     runs, each entry with the configuration that made it) and the runs' parts (one per
     rank; they carry the entries of ranks whose DIR is another machine's disk)."""
     out = Path(prep.config.out)
-    images = {key: _entry(rec) for key, rec in read_records(out).items()}
+    images = {key: writers.entry_of(rec) for key, rec in read_records(out).items()}
     for p in parts:
         images.update(p["images"])
     done = {e["source"] for p in parts for e in p["images"].values()}
     skipped = [s for s in list(prep.skipped) + [s for p in parts for s in p["skipped"]] if s["source"] not in done]
     processed = sum(p["processed"] for p in parts)
     wall = max((p["wall_seconds"] for p in parts), default=0.0)
-    seconds = {m: sum(p["seconds"][m] for p in parts) for m in prep.runners}
+    seconds = {m: sum(p["seconds"][m] for p in parts) for m in prep.methods}
+    compute = sum(p.get("compute_seconds", 0.0) for p in parts)
     target = prep.config.target
     return {
         "model": prep.loaded.name,
         "device": str(prep.device),
         "layer": prep.layer,
-        "methods": list(prep.runners),
+        "methods": list(prep.methods),
         "target": display_name(target),
         "config": {**prep.model_config, "target": "top1" if target == "top1" else
                    (prep.fixed_target if prep.fixed_target is not None else f"labels from {display_name(target)}"),
-                   "methods": prep.method_configs},
+                   "methods": prep.method_configs, "execution": prep.execution},
         "images": dict(sorted(images.items())),
         "skipped": skipped,
         "timing": {
@@ -1097,6 +877,8 @@ def summarize(prep: Prepared, parts: Sequence[dict]) -> dict:
             "wall_seconds": round(wall, 3),
             "images_per_second": round(processed / wall, 3) if wall > 0 else None,
             "method_seconds": {m: round(s, 3) for m, s in seconds.items()},
+            "compute_seconds": round(compute, 3),
+            "workers": prep.workers,
             "ranks": len(parts),
         },
     }

@@ -1,9 +1,13 @@
-"""The bundled default model and loading torchvision architectures from local weights.
+"""The bundled default model, loading torchvision architectures from local weights, a
+user's ``module:function`` model (:func:`load_model`) and the device (:func:`pick_device`).
 
 No network access: weights come from installed packages or from a file you name.
 """
 from __future__ import annotations
 
+import os
+import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -12,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from .inputs import ExplainError, display_name
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
@@ -175,3 +181,49 @@ def to_unit_tensor(image: Image.Image) -> torch.Tensor:
 def batch(loaded: LoadedModel, images: Sequence[ImageLike]) -> torch.Tensor:
     """Preprocess several images into one (N, 3, S, S) batch."""
     return torch.stack([loaded.preprocess(im) for im in images])
+
+
+def pick_device(spec: str) -> torch.device:
+    """``--device``: auto (CUDA when visible, else CPU), cpu, cuda or cuda:N."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible")
+    if spec not in ("cpu", "cuda") and not spec.startswith("cuda:"):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    return torch.device(spec)
+
+
+def load_model(spec: str, weights: Optional[str]) -> "LoadedModel":
+    """The bundled model, a torchvision architecture with --weights, or module:function
+    returning an nn.Module or a LoadedModel (ImageNet preprocessing for a bare module)."""
+    if ":" in spec:
+        import importlib
+
+        module_name, func_name = spec.split(":", 1)
+        sys.path.insert(0, os.getcwd())
+        try:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as e:
+                raise ExplainError(f"--model {spec}: cannot import {module_name!r} ({e})") from None
+            if not callable(getattr(module, func_name, None)):
+                raise ExplainError(f"--model {spec}: {module_name!r} has no function {func_name!r}")
+            obj = getattr(module, func_name)()
+        finally:
+            sys.path.pop(0)
+        if isinstance(obj, LoadedModel):
+            return obj
+        if not isinstance(obj, torch.nn.Module):
+            raise TypeError(f"--model {spec}: must return an nn.Module or interp_ext.models.LoadedModel, got {type(obj).__name__}")
+        return LoadedModel(model=obj.eval(), name=spec, categories=imagenet_categories(), input_size=224,
+                           mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize_size=256)
+    try:
+        return load(spec, weights)
+    except (EOFError, pickle.UnpicklingError) as e:
+        raise ExplainError(f"--weights {display_name(weights)}: not a PyTorch state-dict file "
+                           f"({type(e).__name__})") from None
+    except RuntimeError as e:  # not a torch file, or another model's state
+        words = " ".join(str(e).split())
+        words = words if len(words) <= 240 else words[:240] + "..."
+        raise ExplainError(f"--weights {display_name(weights)}: cannot load it into {spec} ({words})") from None

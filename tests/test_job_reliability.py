@@ -156,8 +156,9 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, tiny, images, caps
     out = tmp_path / "out"
     started, go = tmp_path / "started", tmp_path / "go"
     common = ["--model", tiny, "--methods", "saliency", "--quiet"]
-    first = subprocess.Popen([sys.executable, "driver.py", "explain", str(images), "--out", str(out), *common],
-                             env=_env(tmp_path, INJECT=f"pause:{started}:{go}"), cwd=tmp_path,
+    # one writer thread: paused at its first rename, the paused run writes nothing else
+    first = subprocess.Popen([sys.executable, "driver.py", "explain", str(images), "--out", str(out), *common,
+                              "--workers", "1"], env=_env(tmp_path, INJECT=f"pause:{started}:{go}"), cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
