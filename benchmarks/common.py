@@ -103,6 +103,82 @@ def native_vs_eager_rows(device: str, label: str, shapes, min_run_time: float, s
     return rows
 
 
+def run_process(cmd: Sequence[str], env: dict | None = None, timeout: float = 3600) -> dict:
+    """Run a whole process; its wall seconds (perf_counter around start and reap), its own
+    peak RSS (``os.wait4``'s rusage of that child, MB), exit code and the tail of stderr."""
+    import subprocess
+    import tempfile
+    import threading
+
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            killer.cancel()
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        tail = err.read()[-4000:].decode("utf-8", "replace")
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "rc": proc.returncode, "stderr": tail}
+
+
+class PassCounter:
+    """Counts and times the model's passes in this process: forward calls of modules of
+    `model_class` (global module hooks, so it finds the model however the job loaded it)
+    and backward passes (calls of ``torch.autograd.grad`` and ``torch.autograd.backward``,
+    which ``Tensor.backward`` goes through). Seconds are perf_counter around each call."""
+
+    def __init__(self, model_class: type):
+        self.model_class = model_class
+        self.forwards = self.backwards = 0
+        self.forward_s = self.backward_s = 0.0
+        self._starts: list[float] = []
+        self._handles: list = []
+        self._saved: dict = {}
+
+    def __enter__(self) -> "PassCounter":
+        from torch.nn.modules import module as nn_module
+
+        def pre(mod, args):
+            if isinstance(mod, self.model_class):
+                self._starts.append(time.perf_counter())
+
+        def post(mod, args, out):
+            if isinstance(mod, self.model_class) and self._starts:
+                self.forwards += 1
+                self.forward_s += time.perf_counter() - self._starts.pop()
+
+        self._handles = [nn_module.register_module_forward_pre_hook(pre), nn_module.register_module_forward_hook(post)]
+        for name in ("grad", "backward"):
+            original = getattr(torch.autograd, name)
+            self._saved[name] = original
+
+            def counted(*a, _original=original, **kw):
+                t = time.perf_counter()
+                try:
+                    return _original(*a, **kw)
+                finally:
+                    self.backwards += 1
+                    self.backward_s += time.perf_counter() - t
+
+            setattr(torch.autograd, name, counted)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        for name, original in self._saved.items():
+            setattr(torch.autograd, name, original)
+
+    def stats(self) -> dict:
+        return {"forwards": self.forwards, "backwards": self.backwards, "forward_s": self.forward_s,
+                "backward_s": self.backward_s, "model_s": self.forward_s + self.backward_s}
+
+
 def write(name: str, payload: dict, markdown: str, out_dir: Path | None = None) -> Path:
     out_dir = Path(out_dir or RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)

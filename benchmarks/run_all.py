@@ -21,12 +21,15 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 SUITE = ("guided_relu", "gradcam", "occlusion", "blur")
+# whole-job benchmarks, run after the suite and charted with it
+JOBS = ("explain",)
+CPU_ONLY = ("occlusion", "explain")  # they measure CPU processes (max RSS); the GPU job check is separate
 
 
 def recorded(device_name: str, out: Path) -> dict[str, dict]:
     """The latest recorded results of each benchmark for a device ("cpu", "NVIDIA H200"...)."""
     results = {}
-    for name in SUITE:
+    for name in SUITE + JOBS:
         path = out / f"{name}_{device_name.replace(' ', '_')}.json"
         if path.is_file():
             results[name] = json.loads(path.read_text())
@@ -35,12 +38,12 @@ def recorded(device_name: str, out: Path) -> dict[str, dict]:
 
 def run_suite(device: str, quick: bool, out: Path) -> dict[str, dict]:
     results = {}
-    for name in SUITE:
+    for name in SUITE + JOBS:
         cmd = [sys.executable, str(HERE / f"bench_{name}.py"), "--out", str(out)]
-        if name != "occlusion":
+        if name not in CPU_ONLY:
             cmd += ["--device", device]
         elif device == "cuda":
-            continue  # the occlusion benchmark measures CPU processes (max RSS)
+            continue
         if quick:
             cmd.append("--quick")
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
@@ -82,6 +85,8 @@ def speedups(results: dict[str, dict]) -> list[dict]:
         add("class-vis loop", f"{r['steps']} steps b{r['batch']}", "eager reference", r.get("speedup_vs_eager"), r["threads"])
     for r in results.get("occlusion", {}).get("occlusion", []):
         add("Occlusion", f"{r['model']} x{r['images']}", "Captum", r.get("speedup"), r["threads"])
+    for r in results.get("explain", {}).get("timing", []):
+        add("explain job", f"{r['set']} ({r['images']} images)", "peers' job", r.get("speedup_vs_peers"), r["threads"])
     return bars
 
 
