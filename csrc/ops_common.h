@@ -21,9 +21,11 @@ inline at::Tensor guided_relu_forward(const at::Tensor& x, c10::optional<double>
   return at::clamp(x, 0.0, parse_upper("guided_relu", upper));
 }
 
-// Validated, contiguous operands of guided_relu_backward.out, shared by the CPU and
-// CUDA kernels. `dst` is `out` itself when the kernel can write it directly, else a
-// contiguous temporary that `finish()` copies back.
+// Validated operands of guided_relu_backward.out that the element-wise kernels may read
+// and write as flat arrays (shared by the CPU and CUDA kernels): g, x and dst are dense
+// with one and the same layout: the inputs' own when they share one (channels-last
+// activations stay channels-last: no copy in, none out), else contiguous copies. `dst`
+// is `out` itself when it has that layout, else a temporary that `finish()` copies back.
 struct GuidedBackwardArgs {
   at::Tensor g, x, dst, out;
   RectifierRule rule;
@@ -44,8 +46,12 @@ inline GuidedBackwardArgs prepare_guided_backward(const at::Tensor& grad_output,
   const double up = parse_upper(op, upper);
   at::assert_no_partial_overlap(out, grad_output);
   at::assert_no_partial_overlap(out, x);
-  at::Tensor dst = out.is_contiguous() ? out : at::empty_like(out, at::MemoryFormat::Contiguous);
-  return {grad_output.contiguous(), x.contiguous(), dst, out, r, up};
+  const bool shared_layout = grad_output.is_non_overlapping_and_dense() && grad_output.strides() == x.strides();
+  const at::Tensor g = shared_layout ? grad_output : grad_output.contiguous();
+  const at::Tensor xs = shared_layout ? x : x.contiguous();
+  const bool direct = out.strides() == g.strides() && out.is_non_overlapping_and_dense();
+  at::Tensor dst = direct ? out : at::empty_like(g);  // empty_like keeps g's dense layout
+  return {g, xs, dst, out, r, up};
 }
 
 // The zero-padded inclusive summed-area table (N, cc+1, cy+1, cx+1), float64, of

@@ -61,7 +61,7 @@ def _guided_relu_inplace_fake(x, upper=None, rule="guided"):
 @torch.library.register_fake("interp_ext::guided_relu_backward")
 def _guided_relu_backward_fake(grad_output, x, upper=None, rule="guided"):
     _check_backward_args(grad_output, x, upper, rule)
-    return torch.empty_like(grad_output, memory_format=torch.contiguous_format)
+    return torch.empty_like(grad_output)  # as the kernels: grad_output's layout when dense, else contiguous
 
 
 @torch.library.register_fake("interp_ext::guided_relu_backward.out")

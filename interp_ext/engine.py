@@ -38,6 +38,7 @@ from .attr.rectifiers import BackwardRule, RectifierMode
 from .attr.shapley import ShapleySampling, grid_feature_mask
 from .attr.smoothgrad import SmoothGrad
 from .layers import LayerCapture, LayerSpec, resolve_layers
+from .tuning import TunedForward, run_tuned, tuner_for
 
 CAM_VARIANTS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
 METHODS = (*CAM_VARIANTS, "guided-gradcam", "saliency", "smoothgrad", "guided-backprop", "deconvnet", "occlusion",
@@ -84,11 +85,15 @@ class Explainer:
         output_size: the CAM maps' size: ``"input"``, ``None`` (the layer's) or ``(H, W)``.
         options: per method, settings that replace `DEFAULT_OPTIONS`, e.g.
             ``{"smoothgrad": {"n_samples": 32}, "occlusion": {"window": (3, 8, 8)}}``.
+        tune: run the gradient pass and the occlusion / Shapley copies at the fastest
+            batch size within the given one and the faster memory format, measured on
+            the work itself (`interp_ext.tuning`; maps equal to float rounding).
+            ``False`` keeps the exact batching: the whole batch in one pass, NCHW.
     """
 
     def __init__(self, model: nn.Module, methods: Sequence[str] = DEFAULT_METHODS,
                  layers: Union[None, LayerSpec, Sequence[LayerSpec]] = None, *, output_size: OutputSize = "input",
-                 options: Optional[dict[str, dict[str, Any]]] = None):
+                 options: Optional[dict[str, dict[str, Any]]] = None, tune: bool = True):
         if isinstance(methods, str):
             methods = [methods]
         methods = list(dict.fromkeys(methods))
@@ -104,6 +109,7 @@ class Explainer:
         self.layers = resolve_layers(model, layers, arg="layers") if needs_layer else []
         self.output_size = output_size
         self.options = self._options(options or {})
+        self.tune = tune
 
     def _options(self, given: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         unknown = [m for m in given if m not in DEFAULT_OPTIONS]
@@ -159,11 +165,33 @@ class Explainer:
         target_t = normalize_target(target, inputs.shape[0], inputs.device)
         x = inputs.detach()
         with eval_mode(self.model):
-            logits, target_t, maps, layer_maps = self._gradient_pass(x, target_t, size)
+            logits, target_t, maps, layer_maps = self._chunked_gradient_pass(x, target_t, size)
             for kind in ("smoothgrad", "occlusion", "shapley"):
                 if kind in self.methods:
                     maps[kind] = self._perturbation_pass(kind, x, target_t)
         return Explanation({m: maps[m] for m in self.methods}, logits, target_t, layer_maps, self.plan())
+
+    def _chunked_gradient_pass(self, x: torch.Tensor, target_t: Optional[torch.Tensor], size):
+        """`_gradient_pass` over the batch in the tuner's chunks (the whole batch untuned)."""
+        names: list[tuple[str, Optional[str]]] = []  # (method, layer or None): the order of the flat outputs
+
+        def step(chunk: torch.Tensor, start: int) -> list[torch.Tensor]:
+            t = None if target_t is None else target_t[start : start + chunk.shape[0]]
+            logits, t, maps, layer_maps = self._gradient_pass(chunk, t, size)
+            flat = [(m, None, v) for m, v in maps.items()]
+            flat += [(m, layer, v) for m, per in layer_maps.items() for layer, v in per.items()]
+            names[:] = [(m, layer) for m, layer, _ in flat]
+            return [logits, t, *(v for _, _, v in flat)]
+
+        tuner = tuner_for(self.model, "gradient:" + ",".join(self.plan()), x) if self.tune else None
+        logits, target_t, *values = run_tuned(tuner, x, x.shape[0], step, self.model)
+        maps, layer_maps = {}, {}
+        for (method, layer), v in zip(names, values):
+            if layer is None:
+                maps[method] = v
+            else:
+                layer_maps.setdefault(method, {})[layer] = v
+        return logits, target_t, maps, layer_maps
 
     def _gradient_pass(self, x: torch.Tensor, target_t: Optional[torch.Tensor], size):
         """One forward; then one backward per rule, each to what its methods need: the
@@ -227,10 +255,11 @@ class Explainer:
             method = SmoothGrad(Saliency(self.model), n_samples=o["n_samples"], stdev=o["stdev"],
                                 batch_size=o["batch_size"], seed=o["seed"])
             return ops.saliency_reduce(method.noisy_mean(x, target_t, abs=True))
+        model = TunedForward(self.model, kind) if self.tune else self.model
         if kind == "occlusion":
-            return Occlusion(self.model).attribute(x, tuple(o["window"]), tuple(o["strides"]), baselines=o["baseline"],
+            return Occlusion(model).attribute(x, tuple(o["window"]), tuple(o["strides"]), baselines=o["baseline"],
                                                    target=target_t, perturbations_per_eval=o["perturbations_per_eval"])
         mask = grid_feature_mask(x.shape[2], x.shape[3], o["patch"])
-        return ShapleySampling(self.model).attribute(x, mask, baselines=o["baseline"], n_samples=o["n_samples"],
+        return ShapleySampling(model).attribute(x, mask, baselines=o["baseline"], n_samples=o["n_samples"],
                                                      target=target_t, perturbations_per_eval=o["perturbations_per_eval"],
                                                      seed=o["seed"])

@@ -105,7 +105,7 @@ def test_each_distinct_pass_runs_once(methods, passes, forwards):
     original = torch.autograd.grad
     try:
         torch.autograd.grad = lambda *a, **k: backward.append(1) or original(*a, **k)
-        explainer = Explainer(model, methods, "conv2", options=OPTIONS)
+        explainer = Explainer(model, methods, "conv2", options=OPTIONS, tune=False)  # the exact batching
         result = explainer.explain(torch.randn(2, 3, 12, 12))
     finally:
         torch.autograd.grad = original
@@ -164,7 +164,7 @@ def test_bad_arguments(kwargs, exc, match):
 def test_bad_inputs_raise_before_any_pass():
     model = net()
     counter = Counter(model)
-    explainer = Explainer(model, DEFAULT_METHODS, "conv2")
+    explainer = Explainer(model, DEFAULT_METHODS, "conv2", tune=False)
     for x, match in ((torch.randn(3, 12, 12), "batched"), (torch.full((1, 3, 12, 12), float("nan")), "NaN"),
                      (torch.randn(1, 3, 12, 12, dtype=torch.float64), "dtype")):
         with pytest.raises((ValueError, TypeError), match=match):
@@ -183,3 +183,35 @@ def test_bundled_model_default_methods_equal_the_standalone_classes():
     for method in DEFAULT_METHODS:
         torch.testing.assert_close(result.maps[method], standalone(loaded.model, method, x, result.target, layer),
                                    rtol=1e-5, atol=1e-6, msg=method)
+
+
+def test_tuning_tries_each_execution_on_real_work_then_keeps_the_fastest():
+    from interp_ext import tuning
+    model = net()
+    counter = Counter(model)
+    x = torch.randn(4, 3, 12, 12)
+    explainer = Explainer(model, DEFAULT_METHODS, "conv2")
+    untuned = Explainer(model, DEFAULT_METHODS, "conv2", tune=False).explain(x)
+    forwards = counter.forwards
+    results = [explainer.explain(x) for _ in range(4)]
+    tuner = tuning.tuner_for(model, "gradient:" + ",".join(explainer.plan()), x)
+    # batches 1, 2, 4 in NCHW and channels-last, the first chunk a warm-up
+    assert set(tuner.seconds_per_item) == set(tuning.candidates(4, (torch.contiguous_format, torch.channels_last)))
+    best = tuner.best(4)
+    assert counter.forwards - forwards >= 4 * (4 // best.batch)
+    for r in results:  # every chunking gives the same maps, to float rounding
+        for method in DEFAULT_METHODS:
+            torch.testing.assert_close(r.maps[method], untuned.maps[method], rtol=1e-4, atol=1e-5, msg=method)
+            assert r.maps[method].is_contiguous()
+        assert torch.equal(r.target, untuned.target)
+    assert all(p.is_contiguous() for p in model.parameters())  # the model's layout is restored
+
+
+def test_tuned_occlusion_equals_the_exact_batching():
+    model = net()
+    x = torch.randn(2, 3, 12, 12)
+    o = {"occlusion": {"window": (3, 4, 4), "strides": (3, 2, 2), "perturbations_per_eval": 8}}
+    want = Explainer(model, ["occlusion"], options=o, tune=False).explain(x).maps["occlusion"]
+    for _ in range(3):
+        got = Explainer(model, ["occlusion"], options=o).explain(x).maps["occlusion"]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

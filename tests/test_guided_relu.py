@@ -245,3 +245,19 @@ def test_inplace_variant_errors():
 
 def test_inplace_variant_opcheck():
     opcheck(torch.ops.interp_ext.guided_relu_.default, (torch.randn(3, 4) * 4, 6.0, "guided"), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda)])
+def test_channels_last_stays_channels_last(device):
+    # no copy in and none out for activations that share a dense layout
+    g, x = sample((2, 5, 6, 7), torch.float32)
+    g, x = g.to(device), x.to(device)
+    gl, xl = (t.contiguous(memory_format=torch.channels_last) for t in (g, x))
+    got = ops.guided_relu_backward(gl, xl, 6.0)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, reference.guided_relu_backward(g, x, 6.0))
+    mixed = ops.guided_relu_backward(gl, x, 6.0)  # different layouts: through contiguous copies
+    assert torch.equal(mixed, got)
+    out = torch.empty_like(g)  # a contiguous out for channels-last inputs: written through a temporary
+    ops.guided_relu_backward(gl, xl, 6.0, out=out)
+    assert torch.equal(out, got)

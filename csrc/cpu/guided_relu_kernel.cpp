@@ -107,7 +107,7 @@ void guided_relu_backward_out_cpu(const at::Tensor& grad_output, const at::Tenso
 at::Tensor guided_relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x,
                                     c10::optional<double> upper, c10::string_view rule) {
   check_guided_backward_args(grad_output, x);
-  at::Tensor out = at::empty_like(grad_output, at::MemoryFormat::Contiguous);
+  at::Tensor out = at::empty_like(grad_output);  // its layout when dense (channels-last stays), else contiguous
   guided_relu_backward_out_cpu(grad_output, x, upper, rule, out);
   return out;
 }
