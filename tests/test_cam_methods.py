@@ -157,7 +157,7 @@ def test_several_layers_fuse_normalised_maps(resnet):
 
 
 def test_fusing_renormalises_resized_maps():
-    from interp_ext.attr.cam import _fuse
+    from interp_ext.attr.cam import fuse_layer_maps as _fuse
 
     fine = torch.rand(1, 1, 6, 6)
     fine = (fine - fine.min()) / (fine.max() - fine.min())
