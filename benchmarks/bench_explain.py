@@ -152,10 +152,10 @@ def read_summary(out: Path) -> dict:
 
 
 def runner_share(summary: dict):
-    """Our job's own figure: seconds in the methods' runners (model passes and the map
+    """Our job's own figure: seconds in the planner's passes (model passes and the map
     reductions) over its loop's wall seconds, from summary.json's timing."""
     t = summary.get("timing") or {}
-    secs, wall = t.get("method_seconds"), t.get("wall_seconds")
+    secs, wall = t.get("pass_seconds") or t.get("method_seconds"), t.get("wall_seconds")
     if not secs or not wall:
         return None
     return sum(secs.values()) / wall

@@ -23,6 +23,7 @@ stay for users who want one method.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -64,13 +65,16 @@ class Explanation:
     guided backprop, guided Grad-CAM, deconvnet, occlusion and Shapley.
     ``logits``: the model output of the first pass. ``target``: the class index each
     sample was explained for. ``layer_maps``: per CAM variant, each layer's own map.
-    ``passes``: the passes that ran, in order."""
+    ``passes``: the passes that ran, in order. ``seconds``: wall time of the gradient
+    pass (the forward and its backward passes, with the map reductions: "gradient") and of
+    each method with its own batches ("smoothgrad", "occlusion", "shapley")."""
 
     maps: dict[str, torch.Tensor]
     logits: torch.Tensor
     target: torch.Tensor
     layer_maps: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     passes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 class Explainer:
@@ -164,12 +168,22 @@ class Explainer:
         size = cam_output_size(self.output_size, inputs)
         target_t = normalize_target(target, inputs.shape[0], inputs.device)
         x = inputs.detach()
+        seconds: dict[str, float] = {}
+
+        def timed(kind: str, fn, *args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            seconds[kind] = time.perf_counter() - t0
+            return out
+
         with eval_mode(self.model):
-            logits, target_t, maps, layer_maps = self._chunked_gradient_pass(x, target_t, size)
+            logits, target_t, maps, layer_maps = timed("gradient", self._chunked_gradient_pass, x, target_t, size)
             for kind in ("smoothgrad", "occlusion", "shapley"):
                 if kind in self.methods:
-                    maps[kind] = self._perturbation_pass(kind, x, target_t)
-        return Explanation({m: maps[m] for m in self.methods}, logits, target_t, layer_maps, self.plan())
+                    maps[kind] = timed(kind, self._perturbation_pass, kind, x, target_t)
+        return Explanation({m: maps[m] for m in self.methods}, logits, target_t, layer_maps, self.plan(), seconds)
 
     def _chunked_gradient_pass(self, x: torch.Tensor, target_t: Optional[torch.Tensor], size):
         """`_gradient_pass` over the batch in the tuner's chunks (the whole batch untuned)."""

@@ -48,23 +48,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import inputs, models, ops, registry, writers
-from .attr import (
-    Deconvolution,
-    GradCAM,
-    GradCAMPlusPlus,
-    GuidedBackprop,
-    GuidedGradCAM,
-    HiResCAM,
-    LayerCAM,
-    Occlusion,
-    Saliency,
-    ShapleySampling,
-    SmoothGrad,
-    XGradCAM,
-    grid_feature_mask,
-)
-from .attr.cam import resolve_layers
+from . import inputs, models, registry, writers
+from .engine import Explainer
+from .layers import resolve_layers
 # the job's parts, also importable from here as before the split
 from .inputs import (  # noqa: F401
     IMAGE_SUFFIXES,
@@ -421,121 +407,59 @@ def _finished(out: Path, rec: Optional[dict], image_config: dict, prep: Prepared
 
 # ---- computing one batch's maps -----------------------------------------------------------
 #
-# The job asks for a batch's maps in ONE call, ``maps, logits = compute_batch(x, targets)``.
-# Today it runs each method's own class (a runner per method, below); the planner
-# (interp_ext.engine.Explainer) can take its place without the job changing.
+# The job asks for a batch's maps in ONE call, ``maps, logits = compute_batch(x, targets)``,
+# which the planner answers: each distinct model pass once per batch.
 
 
-@dataclass
-class Context:
-    model: torch.nn.Module
-    layer: Optional[str]
-    device: torch.device
-    settings: Settings
-
-
-Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, target) -> maps
-
-
-def _cam(cls) -> Callable[[Context, dict], Runner]:
-    def build(ctx: Context, options: dict) -> Runner:
-        method = cls(ctx.model, ctx.layer)
-        return lambda x, t: method.attribute(x, target=t).maps[:, 0]
-    return build
-
-
-def _guided_gradcam(ctx: Context, options: dict) -> Runner:
-    method = GuidedGradCAM(ctx.model, ctx.layer)
-    return lambda x, t: method.attribute(x, target=t)
-
-
-def _saliency(ctx: Context, options: dict) -> Runner:
-    method = Saliency(ctx.model)
-    return lambda x, t: method.saliency_map(x, target=t)
-
-
-def _smoothgrad(ctx: Context, options: dict) -> Runner:
-    saliency = Saliency(ctx.model)
-    ppe = ctx.settings.perturbations_per_eval
-
-    def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # the noise of copy k depends on the seed and k only: the chunk size changes no map
-        method = SmoothGrad(saliency, n_samples=options["n_samples"], stdev=options["stdev"],
-                            batch_size=registry.smoothgrad_chunk(ppe, x.shape[0]), seed=options["seed"])
-        return ops.saliency_reduce(method.attribute(x, target=t, abs=True))
-    return run
-
-
-def _gradient(cls) -> Callable[[Context, dict], Runner]:
-    def build(ctx: Context, options: dict) -> Runner:
-        method = cls(ctx.model)
-        return lambda x, t: method.attribute(x, target=t)
-    return build
-
-
-def _occlusion(ctx: Context, options: dict) -> Runner:
-    method = Occlusion(ctx.model)
-    window, strides, baseline = tuple(options["window"]), tuple(options["strides"]), options["baseline"]
-    ppe = ctx.settings.perturbations_per_eval
-    return lambda x, t: method.attribute(x, window, strides, baselines=baseline, target=t,
-                                         perturbations_per_eval=registry.copies_per_image(ppe, x.shape[0]))
-
-
-def _shapley(ctx: Context, options: dict) -> Runner:
-    method = ShapleySampling(ctx.model)
-    ppe = ctx.settings.perturbations_per_eval
-
-    def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        mask = grid_feature_mask(x.shape[2], x.shape[3], options["patch"])
-        return method.attribute(x, mask, baselines=options["baseline"], n_samples=options["n_samples"], target=t,
-                                perturbations_per_eval=registry.copies_per_image(ppe, x.shape[0]),
-                                seed=options["seed"])
-    return run
-
-
-RUNNERS: dict[str, Callable[[Context, dict], Runner]] = {
-    "gradcam": _cam(GradCAM),
-    "gradcam++": _cam(GradCAMPlusPlus),
-    "xgradcam": _cam(XGradCAM),
-    "layercam": _cam(LayerCAM),
-    "hirescam": _cam(HiResCAM),
-    "guided-gradcam": _guided_gradcam,
-    "saliency": _saliency,
-    "smoothgrad": _smoothgrad,
-    "guided-backprop": _gradient(GuidedBackprop),
-    "deconvnet": _gradient(Deconvolution),
-    "occlusion": _occlusion,
-    "shapley": _shapley,
-}
+def engine_options(options: dict[str, dict], settings: Settings, batch: int) -> dict[str, dict]:
+    """The planner's options of the requested configurable methods for a batch of `batch`
+    images: the recorded map options plus the memory bound (copies per model call)."""
+    ppe = settings.perturbations_per_eval
+    out = {}
+    if "smoothgrad" in options:
+        o = options["smoothgrad"]
+        out["smoothgrad"] = {"n_samples": o["n_samples"], "stdev": o["stdev"], "seed": o["seed"],
+                             "batch_size": registry.smoothgrad_chunk(ppe, batch)}
+    if "occlusion" in options:
+        o = options["occlusion"]
+        out["occlusion"] = {"window": tuple(o["window"]), "strides": tuple(o["strides"]), "baseline": o["baseline"],
+                            "perturbations_per_eval": registry.copies_per_image(ppe, batch)}
+    if "shapley" in options:
+        o = options["shapley"]
+        out["shapley"] = {"patch": o["patch"], "n_samples": o["n_samples"], "seed": o["seed"], "baseline": o["baseline"],
+                          "perturbations_per_eval": registry.copies_per_image(ppe, batch)}
+    return out
 
 
 class BatchComputer:
     """``maps, logits = compute_batch(x, targets)``: every requested method's maps of one
-    batch. `x`: the normalised (B, 3, H, W) batch on the device; `targets`: (B,) class
-    indices on the device, or None for each image's top-1 class. `maps`: {method: (B, H, W)
-    for heat maps, (B, 3, H, W) for signed / per-channel maps}, on the device; `logits`:
-    (B, classes). ``seconds``: the time spent per method so far."""
+    batch through the planner (`interp_ext.engine.Explainer`). `x`: the normalised
+    (B, 3, H, W) batch on the device; `targets`: (B,) class indices on the device, or None
+    for each image's top-1 class. `maps`: {method: (B, H, W) for heat maps, (B, 3, H, W)
+    for signed / per-channel maps}, on the device; `logits`: (B, classes). ``seconds``:
+    the time spent per pass so far ("gradient", "smoothgrad", "occlusion", "shapley");
+    ``passes``: the passes one batch runs. ``tune=False`` keeps the exact batching."""
 
     def __init__(self, model: torch.nn.Module, layer: Optional[str], device: torch.device, methods: Sequence[str],
-                 options: dict[str, dict], settings: Settings):
-        self.model, self.device = model, device
-        ctx = Context(model, layer, device, settings)
-        self.runners = {m: RUNNERS[m](ctx, options[m]) for m in methods}
-        self.seconds = {m: 0.0 for m in methods}
+                 options: dict[str, dict], settings: Settings, tune: bool = True):
+        self.model, self.device, self.layer, self.methods = model, device, layer, list(methods)
+        self.options, self.settings, self.tune = options, settings, tune
+        self._explainers: dict[int, Explainer] = {}  # by batch size (the last batch may be smaller)
+        self.passes = self._explainer(settings.perturbations_per_eval).plan()
+        self.seconds: dict[str, float] = {}
+
+    def _explainer(self, batch: int) -> Explainer:
+        if batch not in self._explainers:
+            self._explainers[batch] = Explainer(self.model, self.methods, self.layer, tune=self.tune,
+                                                options=engine_options(self.options, self.settings, batch))
+        return self._explainers[batch]
 
     def __call__(self, x: torch.Tensor, targets: Optional[torch.Tensor] = None
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        with torch.no_grad():
-            logits = self.model(x)
-        target = logits.argmax(dim=1) if targets is None else targets
-        maps = {}
-        for m, runner in self.runners.items():
-            t0 = time.perf_counter()
-            maps[m] = runner(x, target).detach()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.seconds[m] += time.perf_counter() - t0
-        return maps, logits
+        result = self._explainer(x.shape[0]).explain(x, target=targets)
+        for kind, s in result.seconds.items():
+            self.seconds[kind] = self.seconds.get(kind, 0.0) + s
+        return {m: v.detach() for m, v in result.maps.items()}, result.logits
 
 
 # ---- the pipeline: readers ahead of the model, writers behind it --------------------------
@@ -841,7 +765,7 @@ def run(prep: Prepared, images: Optional[Sequence[InputImage]] = None) -> dict:
         bar.close()
     seconds = dict(getattr(prep.compute_batch, "seconds", None) or {})
     return {"images": entries, "skipped": skipped,
-            "seconds": {m: seconds.get(m, 0.0) - seconds_before.get(m, 0.0) for m in prep.methods},
+            "seconds": {k: s - seconds_before.get(k, 0.0) for k, s in seconds.items()},
             "compute_seconds": compute_seconds, "processed": processed[0],
             "wall_seconds": time.perf_counter() - start_all}
 
@@ -858,7 +782,10 @@ def summarize(prep: Prepared, parts: Sequence[dict]) -> dict:
     skipped = [s for s in list(prep.skipped) + [s for p in parts for s in p["skipped"]] if s["source"] not in done]
     processed = sum(p["processed"] for p in parts)
     wall = max((p["wall_seconds"] for p in parts), default=0.0)
-    seconds = {m: sum(p["seconds"][m] for p in parts) for m in prep.methods}
+    seconds: dict[str, float] = {}
+    for p in parts:
+        for kind, s in p["seconds"].items():
+            seconds[kind] = seconds.get(kind, 0.0) + s
     compute = sum(p.get("compute_seconds", 0.0) for p in parts)
     target = prep.config.target
     return {
@@ -876,7 +803,9 @@ def summarize(prep: Prepared, parts: Sequence[dict]) -> dict:
             "processed_this_run": processed,
             "wall_seconds": round(wall, 3),
             "images_per_second": round(processed / wall, 3) if wall > 0 else None,
-            "method_seconds": {m: round(s, 3) for m, s in seconds.items()},
+            # the planner's passes (each shared by the methods that need it), and all of compute_batch
+            "pass_seconds": {k: round(s, 3) for k, s in seconds.items()},
+            "passes_per_batch": list(getattr(prep.compute_batch, "passes", [])),
             "compute_seconds": round(compute, 3),
             "workers": prep.workers,
             "ranks": len(parts),

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from . import viz
+from . import engine, viz
 
 # Grad-CAM layers of the models we ship or name; other models get the last spatial layer.
 KNOWN_CAM_LAYERS = {"efficientnet_lite0": "_blocks.15"}
@@ -122,7 +122,7 @@ METHODS: dict[str, Method] = {
     "shapley": Method("channels", False, "Shapley sampling of --shapley-patch patches, --shapley-samples permutations",
                       _shapley_options),
 }
-DEFAULT_METHODS = ("gradcam", "guided-gradcam", "saliency", "guided-backprop")
+DEFAULT_METHODS = engine.DEFAULT_METHODS  # the planner knows the same names (a test checks)
 
 
 def parse_methods(spec: str) -> list[str]:

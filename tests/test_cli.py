@@ -73,7 +73,9 @@ def test_folder_of_good_and_bad_files(folder, tmp_path, capsys):
         assert entry["target_name"] == entry["top5"][0]["class"]  # --target top1
     assert summary["images"]["inputs/flower.jpg"]["top5"][0]["class"] == "daisy"
     t = summary["timing"]
-    assert t["processed_this_run"] == 4 and t["images_per_second"] > 0 and set(t["method_seconds"]) == set(summary["methods"])
+    assert t["processed_this_run"] == 4 and t["images_per_second"] > 0
+    # one forward and a plain and a guided backward per batch, timed as the planner's gradient pass
+    assert t["passes_per_batch"] == ["forward", "backward:plain", "backward:guided"] and set(t["pass_seconds"]) == {"gradient"}
     assert not list(out.rglob("*.tmp"))  # every file renamed into place
     html = (out / "index.html").read_text()
     for key in GOOD:

@@ -215,3 +215,9 @@ def test_tuned_occlusion_equals_the_exact_batching():
     for _ in range(3):
         got = Explainer(model, ["occlusion"], options=o).explain(x).maps["occlusion"]
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_job_describes_exactly_the_planner_methods():
+    from interp_ext import engine, registry
+    assert set(registry.METHODS) == set(engine.METHODS) and registry.DEFAULT_METHODS == engine.DEFAULT_METHODS
+    assert {m for m, d in registry.METHODS.items() if d.needs_layer} == set(engine.LAYER_METHODS)

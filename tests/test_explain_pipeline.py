@@ -224,7 +224,7 @@ def test_options_reach_the_methods_and_the_records(tmp_path, tiny, monkeypatch):
     spy(Occlusion, "attribute", lambda self, a, k: (tuple(a[1]), tuple(a[2]), k["perturbations_per_eval"]))
     spy(ShapleySampling, "attribute", lambda self, a, k: (int(a[1].max()) + 1, k["n_samples"],
                                                             k["perturbations_per_eval"]))
-    spy(SmoothGrad, "attribute", lambda self, a, k: (self.n_samples, self.batch_size))
+    spy(SmoothGrad, "noisy_mean", lambda self, a, k: (self.n_samples, self.batch_size))  # (the planner resolved the target)
     images = _images(tmp_path / "in", 2)
     out = tmp_path / "out"
     common = [images, "--model", tiny, "--methods", "occlusion,shapley,smoothgrad", "--batch-size", "2",
