@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
                     f"(default: {job.default_workers()}, the usable cores up to 4)")
     ex.add_argument("--force", action="store_true",
                     help="redo every image, also those whose record shows they were made with this configuration")
+    ex.add_argument("--no-tune", action="store_true",
+                    help="run each pass on the whole batch in NCHW, exactly as given; by default each pass runs at "
+                    "the fastest batch size within --batch-size (and --perturbations-per-eval) and the faster "
+                    "memory format, measured on the first batches (maps equal to float rounding)")
     ex.add_argument("--quiet", action="store_true", help="no progress bar or report")
     ex.set_defaults(func=_explain)
 
@@ -219,7 +223,7 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config = job.ExplainConfig(inputs=args.inputs, out=args.out, methods=methods, model=args.model, weights=args.weights,
                                batch_size=args.batch_size, device=device, target=args.target, layer=args.layer,
                                quiet=args.quiet or rank > 0, force=args.force, settings=settings,
-                               workers=args.workers)
+                               workers=args.workers, tune=not args.no_tune)
     ranks = _Ranks(rank, world)
     state: dict = {}
     try:

@@ -123,6 +123,7 @@ class ExplainConfig:
     force: bool = False  # redo images even when their record matches
     settings: Settings = field(default_factory=Settings)  # occlusion window, samples, perturbations per eval...
     workers: Optional[int] = None  # reader threads and writer threads; None: default_workers()
+    tune: bool = True  # each pass at its fastest measured batch and memory format (interp_ext.tuning)
 
 
 class OutLock:
@@ -326,7 +327,7 @@ def load(checked: Checked) -> Prepared:
         layer = config.layer or default_layer(loaded.name, loaded.model, loaded.input_size)
         resolve_layers(loaded.model, layer)  # unknown name: an error with close matches
     options = registry.method_options(methods, config.settings)
-    compute = BatchComputer(loaded.model, layer, device, methods, options, config.settings)
+    compute = BatchComputer(loaded.model, layer, device, methods, options, config.settings, tune=config.tune)
     model_config = _jsonable({
         "version": RECORD_VERSION,
         "model": {"name": loaded.name, "weights_sha256": fingerprint},

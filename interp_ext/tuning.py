@@ -6,7 +6,11 @@ image forward at batch 64 NCHW, 15.9 ms at batch 16 channels-last). The batch a 
 gives (``--batch-size``, ``perturbations_per_eval``) is a memory bound; within it, a
 `Tuner` tries each candidate (batch size, memory format) once on the real work, records
 the time per image, and keeps the fastest from then on: nothing is computed only to
-measure. Choices are kept per model and per (pass kind, device, input shape, dtype).
+measure. Choices are kept per model and per (pass kind, device, input shape, dtype), and
+on disk (``$INTERP_EXT_CACHE`` or ``~/.cache/interp_ext``, ``tuning.json``) keyed by the
+model's architecture (not its weights), the machine, the torch version and the thread
+count, so that the next job on the same machine starts at the best choice; set
+``INTERP_EXT_CACHE=off`` to keep nothing on disk.
 
 Channels-last convolutions sum in another order: maps agree with the NCHW ones to float
 rounding (tests use rtol 1e-4 on normalised maps), not bit for bit; ``tune=False`` keeps
@@ -14,6 +18,10 @@ the caller's exact batching and layout.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import platform
 import time
 import weakref
 from dataclasses import dataclass
@@ -56,6 +64,7 @@ class Tuner:
         self.formats = tuple(formats)
         self.seconds_per_item: dict[Execution, float] = {}
         self.warmed_up = False
+        self.disk_key: Optional[str] = None  # where its measurements persist (see _disk_key)
 
     def next(self, limit: int) -> Execution:
         pending = [c for c in candidates(limit, self.formats) if c not in self.seconds_per_item]
@@ -69,12 +78,80 @@ class Tuner:
         return min(measured, key=lambda tc: tc[0])[1] if measured else candidates(limit, self.formats)[0]
 
     def record(self, execution: Execution, items: int, seconds: float) -> None:
-        if items < execution.batch:
+        if items < execution.batch or execution in self.seconds_per_item:
             return
         if not self.warmed_up:
             self.warmed_up = True
             return
         self.seconds_per_item[execution] = seconds / items
+        if self.disk_key is not None:
+            _save(self.disk_key, self.seconds_per_item)
+
+
+# ---- the on-disk cache ----------------------------------------------------------------------
+
+
+def cache_file() -> Optional[str]:
+    """tuning.json in $INTERP_EXT_CACHE, $XDG_CACHE_HOME/interp_ext or ~/.cache/interp_ext;
+    None when INTERP_EXT_CACHE is "off"."""
+    root = os.environ.get("INTERP_EXT_CACHE")
+    if root == "off":
+        return None
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "interp_ext")
+    return os.path.join(root, "tuning.json")
+
+
+def _disk_key(model: nn.Module, kind: str, example: torch.Tensor) -> str:
+    """What the costs depend on: the architecture (module types and parameter shapes, not
+    the values), the pass kind, the device, input shape and dtype, torch, threads, CPU."""
+    arch = [(type(m).__qualname__, tuple(tuple(p.shape) for p in m.parameters(recurse=False))) for m in model.modules()]
+    device = torch.cuda.get_device_name(example.device) if example.device.type == "cuda" else platform.processor()
+    what = (arch, kind, example.device.type, device, tuple(example.shape[1:]), str(example.dtype), torch.__version__,
+            torch.get_num_threads(), platform.machine(), os.cpu_count())
+    return hashlib.sha256(repr(what).encode()).hexdigest()[:32]
+
+
+def _read_cache(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _load(key: str) -> dict[Execution, float]:
+    path = cache_file()
+    entry = _read_cache(path).get(key) if path else None
+    out = {}
+    for row in entry or []:
+        try:
+            fmt = torch.channels_last if row["channels_last"] else torch.contiguous_format
+            out[Execution(int(row["batch"]), fmt)] = float(row["seconds_per_item"])
+        except (KeyError, TypeError, ValueError):
+            return {}
+    return out
+
+
+def _save(key: str, measured: dict[Execution, float]) -> None:
+    """Merge one tuner's measurements into the cache file (best effort: the cache is an
+    optimisation; an unwritable folder or a race with another process only costs trials)."""
+    path = cache_file()
+    if path is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data = _read_cache(path)
+        data[key] = [{"batch": e.batch, "channels_last": e.channels_last, "seconds_per_item": s}
+                     for e, s in measured.items()]
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _formats(model: nn.Module, example: torch.Tensor) -> tuple[torch.memory_format, ...]:
@@ -92,7 +169,13 @@ def tuner_for(model: nn.Module, kind: str, example: torch.Tensor) -> Tuner:
     per_model = _TUNERS.setdefault(model, {})
     key = (kind, example.device.type, example.device.index, tuple(example.shape[1:]), example.dtype)
     if key not in per_model:
-        per_model[key] = Tuner(_formats(model, example))
+        tuner = Tuner(_formats(model, example))
+        tuner.disk_key = _disk_key(model, kind, example)
+        known = _load(tuner.disk_key)
+        if known:  # measured by an earlier process on this machine: no trials
+            tuner.seconds_per_item.update(known)
+            tuner.warmed_up = True
+        per_model[key] = tuner
     return per_model[key]
 
 

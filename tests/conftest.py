@@ -16,3 +16,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _tuning_cache(tmp_path_factory, monkeypatch):
+    # each test (and the processes it starts) measures afresh, never in the user's cache
+    monkeypatch.setenv("INTERP_EXT_CACHE", str(tmp_path_factory.mktemp("tuning_cache")))

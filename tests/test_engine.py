@@ -221,3 +221,33 @@ def test_the_job_describes_exactly_the_planner_methods():
     from interp_ext import engine, registry
     assert set(registry.METHODS) == set(engine.METHODS) and registry.DEFAULT_METHODS == engine.DEFAULT_METHODS
     assert {m for m, d in registry.METHODS.items() if d.needs_layer} == set(engine.LAYER_METHODS)
+
+
+def test_tuning_measurements_persist_for_the_next_process(monkeypatch, tmp_path):
+    from interp_ext import tuning
+    monkeypatch.setenv("INTERP_EXT_CACHE", str(tmp_path / "cache"))
+    model = net()
+    x = torch.randn(4, 3, 12, 12)
+    explainer = Explainer(model, DEFAULT_METHODS, "conv2")
+    for _ in range(4):
+        explainer.explain(x)
+    kind = "gradient:" + ",".join(explainer.plan())
+    measured = dict(tuning.tuner_for(model, kind, x).seconds_per_item)
+    assert (tmp_path / "cache" / "tuning.json").is_file()
+    tuning._TUNERS.clear()  # a new process: the same architecture, other weights
+    other = net()
+    with torch.no_grad():
+        other.conv1.weight.mul_(2)
+    fresh = tuning.tuner_for(other, kind, x)
+    assert fresh.seconds_per_item == measured and fresh.next(4) == fresh.best(4)  # no trials
+    assert tuning.tuner_for(other, kind, torch.randn(4, 3, 16, 16)).seconds_per_item == {}  # another input size
+
+    tuning._TUNERS.clear()
+    (tmp_path / "cache" / "tuning.json").write_text("{not json")
+    assert tuning.tuner_for(other, kind, x).seconds_per_item == {}  # a broken cache costs only trials
+    tuning._TUNERS.clear()
+    monkeypatch.setenv("INTERP_EXT_CACHE", "off")
+    (tmp_path / "cache" / "tuning.json").unlink()
+    for _ in range(4):
+        Explainer(other, DEFAULT_METHODS, "conv2").explain(x)
+    assert not (tmp_path / "cache" / "tuning.json").exists()

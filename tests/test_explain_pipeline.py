@@ -332,3 +332,26 @@ def test_one_call_computes_a_batch(tmp_path, tiny):
         folder = out / Path(entry["files"]["gradcam.npy"]).parent
         assert (np.load(folder / "gradcam.npy") == 2).all() and (np.load(folder / "occlusion.npy") == 4).all()
         assert (np.load(folder / "guided-backprop.npy") == 3).all()
+
+
+def test_no_tune_keeps_the_exact_batching(tmp_path, tiny, monkeypatch):
+    from interp_ext import engine
+
+    sizes = {}
+    real = engine.Explainer._gradient_pass
+
+    def spy(self, x, *a):
+        sizes.setdefault(self.tune, []).append(x.shape[0])
+        return real(self, x, *a)
+
+    monkeypatch.setattr(engine.Explainer, "_gradient_pass", spy)
+    images = _images(tmp_path / "in", 8)
+    assert _explain(images, "--model", tiny, "--methods", "saliency", "--batch-size", "4", "--out", tmp_path / "a",
+                    "--no-tune") == 0
+    assert sizes == {False: [4, 4]}  # one gradient pass per batch of 4
+    sizes.clear()
+    assert _explain(images, "--model", tiny, "--methods", "saliency", "--batch-size", "4", "--out", tmp_path / "b") == 0
+    assert list(sizes) == [True] and sum(sizes[True]) == 8 and len(sizes[True]) > 2  # tried chunks of 1, 2, 4 ...
+    for name in ("im000", "im005"):
+        a, b = (np.load(next((tmp_path / d).rglob(f"{name}*/saliency.npy"))) for d in ("a", "b"))
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
