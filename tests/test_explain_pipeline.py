@@ -7,7 +7,6 @@ A tiny model and small random images, as tests/test_job_reliability.py: fast."""
 import errno
 import json
 import os
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -19,18 +18,7 @@ from PIL import Image
 
 from interp_ext import cli, explain, inputs, registry, writers
 
-TINY = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-    def build():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU(inplace=True),
-                             nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 1000))
-    """
-)
+from test_cli import TINY_MODEL as TINY  # noqa: E402  (the same tiny model, under its own module name below)
 MODEL = "pipe_tiny_model:build"
 
 
