@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import stat
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,21 +195,30 @@ def max_decoded_pixels() -> Optional[int]:
     return None if limit is None else 2 * int(limit)
 
 
+_OPEN_LOCK = threading.Lock()
+
+
 def read_image(path: Path, size_hint: int) -> Image.Image:
     """An RGB image; 16-bit and float images scaled to 8 bits, palette / grayscale / RGBA
     converted. JPEGs decode at reduced size (``draft``: 1/2, 1/4 or 1/8, never below
     `size_hint`), which is all the model needs, so a huge JPEG is read at a fraction of
     its size; any image still above :func:`max_decoded_pixels` raises
     :class:`ImageRefused` (the job skips it and says why)."""
-    limit = max_decoded_pixels()
-    saved = Image.MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        Image.MAX_IMAGE_PIXELS = None  # checked below, after draft() shrank a JPEG
+    # PIL's bomb check at open() is switched off for the header read (the size is checked
+    # below, after draft() shrank a JPEG); the job reads in several threads, so the global
+    # is changed and restored under one lock (unlocked, one reader could save another's None)
+    with _OPEN_LOCK:
+        limit = max_decoded_pixels()
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
         try:
-            im = Image.open(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(path)
         finally:
             Image.MAX_IMAGE_PIXELS = saved
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with im:
             w0, h0 = im.size
             im.draft("RGB", (size_hint, size_hint))  # JPEG only; a no-op for other formats

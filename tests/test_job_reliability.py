@@ -496,3 +496,28 @@ def test_bad_model_or_weights_is_one_line_naming_the_argument(tmp_path, tiny, im
     err = capsys.readouterr().err
     assert err.startswith(f"interp-ext explain: error: {message}") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_concurrent_reads_keep_the_pixel_limit(tmp_path, monkeypatch):
+    # read_image lifts PIL's global limit for the header read: readers run in threads, and
+    # without a lock one reader could save another's lifted limit (a huge PNG then passed)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from interp_ext import inputs
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
+    big, small = tmp_path / "big.png", tmp_path / "small.jpg"
+    Image.new("RGB", (600, 400), "gray").save(big)
+    Image.new("RGB", (300, 200), "gray").save(small)
+
+    def read(i):
+        try:
+            inputs.read_image(big if i % 2 else small, 64)
+            return "read"
+        except inputs.ImageRefused:
+            return "refused"
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(read, range(400)))
+    assert results == ["read", "refused"] * 200
+    assert Image.MAX_IMAGE_PIXELS == 100_000
