@@ -38,6 +38,7 @@ from .attr.occlusion import Occlusion
 from .attr.rectifiers import BackwardRule, RectifierMode
 from .attr.shapley import ShapleySampling, grid_feature_mask
 from .attr.smoothgrad import SmoothGrad
+from .fusion import fold_batchnorm, parameters_state
 from .layers import LayerCapture, LayerSpec, resolve_layers
 from .tuning import TunedForward, run_tuned, tuner_for
 
@@ -91,8 +92,11 @@ class Explainer:
             ``{"smoothgrad": {"n_samples": 32}, "occlusion": {"window": (3, 8, 8)}}``.
         tune: run the gradient pass and the occlusion / Shapley copies at the fastest
             batch size within the given one and the faster memory format, measured on
-            the work itself (`interp_ext.tuning`; maps equal to float rounding).
-            ``False`` keeps the exact batching: the whole batch in one pass, NCHW.
+            the work itself (`interp_ext.tuning`), on a copy of the model with its eval
+            BatchNorm layers folded into the convolutions (`interp_ext.fusion`, made
+            again when the model's parameters change); maps equal to float rounding.
+            ``False`` keeps the exact batching and the model itself: the whole batch in
+            one pass, NCHW.
     """
 
     def __init__(self, model: nn.Module, methods: Sequence[str] = DEFAULT_METHODS,
@@ -114,7 +118,22 @@ class Explainer:
         self.output_size = output_size
         self.options = self._options(options or {})
         self.tune = tune
+        self._folded: Optional[tuple[tuple, nn.Module, list]] = None  # (parameters' state, copy, its layers)
 
+    def _runner(self) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
+        """The model the passes run, and its target layers: with ``tune`` the BatchNorm-
+        folded copy (kept while the model's parameters and buffers are unchanged)."""
+        if not self.tune:
+            return self.model, self.layers
+        state = parameters_state(self.model)
+        if self._folded is None or self._folded[0] != state:
+            result = fold_batchnorm(self.model, keep=[name for name, _ in self.layers])
+            if result is None:
+                self._folded = (state, self.model, self.layers)
+            else:
+                copy = result[0]
+                self._folded = (state, copy, [(name, copy.get_submodule(name)) for name, _ in self.layers])
+        return self._folded[1], self._folded[2]
     def _options(self, given: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         unknown = [m for m in given if m not in DEFAULT_OPTIONS]
         if unknown:
@@ -179,26 +198,29 @@ class Explainer:
             return out
 
         with eval_mode(self.model):
-            logits, target_t, maps, layer_maps = timed("gradient", self._chunked_gradient_pass, x, target_t, size)
+            model, layers = self._runner()
+            logits, target_t, maps, layer_maps = timed("gradient", self._chunked_gradient_pass, x, target_t, size,
+                                                       model, layers)
             for kind in ("smoothgrad", "occlusion", "shapley"):
                 if kind in self.methods:
-                    maps[kind] = timed(kind, self._perturbation_pass, kind, x, target_t)
+                    maps[kind] = timed(kind, self._perturbation_pass, kind, x, target_t, model)
         return Explanation({m: maps[m] for m in self.methods}, logits, target_t, layer_maps, self.plan(), seconds)
 
-    def _chunked_gradient_pass(self, x: torch.Tensor, target_t: Optional[torch.Tensor], size):
+    def _chunked_gradient_pass(self, x: torch.Tensor, target_t: Optional[torch.Tensor], size, model: nn.Module,
+                               layers: list):
         """`_gradient_pass` over the batch in the tuner's chunks (the whole batch untuned)."""
         names: list[tuple[str, Optional[str]]] = []  # (method, layer or None): the order of the flat outputs
 
         def step(chunk: torch.Tensor, start: int) -> list[torch.Tensor]:
             t = None if target_t is None else target_t[start : start + chunk.shape[0]]
-            logits, t, maps, layer_maps = self._gradient_pass(chunk, t, size)
+            logits, t, maps, layer_maps = self._gradient_pass(chunk, t, size, model, layers)
             flat = [(m, None, v) for m, v in maps.items()]
             flat += [(m, layer, v) for m, per in layer_maps.items() for layer, v in per.items()]
             names[:] = [(m, layer) for m, layer, _ in flat]
             return [logits, t, *(v for _, _, v in flat)]
 
-        tuner = tuner_for(self.model, "gradient:" + ",".join(self.plan()), x) if self.tune else None
-        logits, target_t, *values = run_tuned(tuner, x, x.shape[0], step, self.model)
+        tuner = tuner_for(model, "gradient:" + ",".join(self.plan()), x) if self.tune else None
+        logits, target_t, *values = run_tuned(tuner, x, x.shape[0], step, model)
         maps, layer_maps = {}, {}
         for (method, layer), v in zip(names, values):
             if layer is None:
@@ -207,7 +229,8 @@ class Explainer:
                 layer_maps.setdefault(method, {})[layer] = v
         return logits, target_t, maps, layer_maps
 
-    def _gradient_pass(self, x: torch.Tensor, target_t: Optional[torch.Tensor], size):
+    def _gradient_pass(self, x: torch.Tensor, target_t: Optional[torch.Tensor], size, model: nn.Module,
+                       layers: list):
         """One forward; then one backward per rule, each to what its methods need: the
         layers' activations (CAM variants) and the input (saliency, rectifier rules).
         With a rectifier rule the forward records switchable rectifiers (their forward
@@ -217,7 +240,7 @@ class Explainer:
         rectified = any(r != "plain" for r in rules)
         need_x = saliency or rectified
         variants = self.cam_variants
-        layers = self.layers if variants else []
+        layers = layers if variants else []
         switch = BackwardRule() if rectified else None
         xin = x.detach().requires_grad_(True) if need_x else x
         # without an input gradient autograd starts at the first layer (LayerCapture);
@@ -225,7 +248,7 @@ class Explainer:
         capture = LayerCapture(layers, start_autograd=not need_x, require_map=True)
         grad_mode = torch.enable_grad() if need_x else torch.no_grad() if rules else torch.inference_mode()
         with capture, grad_mode, (RectifierMode(switch) if switch else contextlib.nullcontext()):
-            logits = model_output(self.model(xin))
+            logits = model_output(model(xin))
             acts = capture.get()
         target_t = resolve_target(target_t, logits)
         maps: dict[str, torch.Tensor] = {}
@@ -263,13 +286,13 @@ class Explainer:
                 maps.pop(variant), layer_maps.pop(variant)
         return logits.detach(), target_t, maps, layer_maps
 
-    def _perturbation_pass(self, kind: str, x: torch.Tensor, target_t: torch.Tensor) -> torch.Tensor:
+    def _perturbation_pass(self, kind: str, x: torch.Tensor, target_t: torch.Tensor, model: nn.Module) -> torch.Tensor:
         o = self.options[kind]
         if kind == "smoothgrad":
-            method = SmoothGrad(Saliency(self.model), n_samples=o["n_samples"], stdev=o["stdev"],
+            method = SmoothGrad(Saliency(model), n_samples=o["n_samples"], stdev=o["stdev"],
                                 batch_size=o["batch_size"], seed=o["seed"])
             return ops.saliency_reduce(method.noisy_mean(x, target_t, abs=True))
-        model = TunedForward(self.model, kind) if self.tune else self.model
+        model = TunedForward(model, kind) if self.tune else model
         if kind == "occlusion":
             return Occlusion(model).attribute(x, tuple(o["window"]), tuple(o["strides"]), baselines=o["baseline"],
                                                    target=target_t, perturbations_per_eval=o["perturbations_per_eval"])

@@ -188,23 +188,25 @@ def test_bundled_model_default_methods_equal_the_standalone_classes():
 def test_tuning_tries_each_execution_on_real_work_then_keeps_the_fastest():
     from interp_ext import tuning
     model = net()
-    counter = Counter(model)
     x = torch.randn(4, 3, 12, 12)
     explainer = Explainer(model, DEFAULT_METHODS, "conv2")
     untuned = Explainer(model, DEFAULT_METHODS, "conv2", tune=False).explain(x)
-    forwards = counter.forwards
+    runner, _ = explainer._runner()  # the BatchNorm-folded copy the passes run
+    assert runner is not model and not any(isinstance(m, nn.BatchNorm2d) for m in runner.modules())
+    counter = Counter(runner)
     results = [explainer.explain(x) for _ in range(4)]
-    tuner = tuning.tuner_for(model, "gradient:" + ",".join(explainer.plan()), x)
+    assert explainer._runner()[0] is runner  # kept while the parameters do not change
+    tuner = tuning.tuner_for(runner, "gradient:" + ",".join(explainer.plan()), x)
     # batches 1, 2, 4 in NCHW and channels-last, the first chunk a warm-up
     assert set(tuner.seconds_per_item) == set(tuning.candidates(4, (torch.contiguous_format, torch.channels_last)))
     best = tuner.best(4)
-    assert counter.forwards - forwards >= 4 * (4 // best.batch)
+    assert counter.forwards >= 4 * (4 // best.batch) and counter.forwards > 4  # chunks: trials, then the best
     for r in results:  # every chunking gives the same maps, to float rounding
         for method in DEFAULT_METHODS:
             torch.testing.assert_close(r.maps[method], untuned.maps[method], rtol=1e-4, atol=1e-5, msg=method)
             assert r.maps[method].is_contiguous()
         assert torch.equal(r.target, untuned.target)
-    assert all(p.is_contiguous() for p in model.parameters())  # the model's layout is restored
+    assert all(p.is_contiguous() for p in (*model.parameters(), *runner.parameters()))  # layouts restored
 
 
 def test_tuned_occlusion_equals_the_exact_batching():
@@ -251,3 +253,21 @@ def test_tuning_measurements_persist_for_the_next_process(monkeypatch, tmp_path)
     for _ in range(4):
         Explainer(other, DEFAULT_METHODS, "conv2").explain(x)
     assert not (tmp_path / "cache" / "tuning.json").exists()
+
+
+def test_folded_copy_follows_the_model_and_leaves_target_layers_whole():
+    from interp_ext.fusion import fold_batchnorm
+    model = net()
+    x = torch.randn(2, 3, 12, 12)
+    folded, count = fold_batchnorm(model)
+    assert count == 1 and isinstance(model.bn, nn.BatchNorm2d)  # the model itself unchanged
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-6)
+    assert fold_batchnorm(model, keep=["conv1"]) is None  # the CAM layer's output must stay the conv's
+    explainer = Explainer(model, ["gradcam", "saliency"], "conv2")
+    first = explainer.explain(x)
+    with torch.no_grad():
+        model.conv1.weight.mul_(-1)  # an optimiser step, say: the folded copy is made again
+    second = explainer.explain(x)
+    want = Explainer(model, ["gradcam", "saliency"], "conv2", tune=False).explain(x)
+    torch.testing.assert_close(second.maps["saliency"], want.maps["saliency"], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(first.maps["saliency"], second.maps["saliency"])
