@@ -94,7 +94,10 @@ class Explainer:
             batch size within the given one and the faster memory format, measured on
             the work itself (`interp_ext.tuning`), on a copy of the model with its eval
             BatchNorm layers folded into the convolutions (`interp_ext.fusion`, made
-            again when the model's parameters change); maps equal to float rounding.
+            again when the model's parameters change). Maps equal to float rounding, except
+            where a rectifier's input lies within rounding of its bound and the gradient
+            takes the other side: measured on the bundled model, 68 of 50,176 saliency
+            pixels of 1 image in 3 moved by more than 0.1% of the map's maximum (at most 1.1%).
             ``False`` keeps the exact batching and the model itself: the whole batch in
             one pass, NCHW.
     """

@@ -5,7 +5,8 @@ In eval mode ``bn(conv(x))`` is one convolution with rescaled weights and a shif
 bias; the planner's passes (a forward and two backward passes to the input) then skip
 every BatchNorm forward and backward: about a sixth of a pass on the bundled
 EfficientNet-Lite0 (profiled, 1 thread). The folded copy computes the same function to
-float rounding (rtol ~1e-5), not bit for bit.
+float rounding (rtol ~1e-5), not bit for bit; a gradient can differ more where a rectifier's
+input sits within rounding of its bound (the unit then falls on the other side).
 """
 from __future__ import annotations
 

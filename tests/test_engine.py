@@ -179,10 +179,16 @@ def test_bundled_model_default_methods_equal_the_standalone_classes():
     loaded = models.load()
     x = torch.rand(1, 3, 224, 224) * 2 - 1
     layer = "_blocks.15"
-    result = Explainer(loaded.model, DEFAULT_METHODS, layer).explain(x)
+    exact = Explainer(loaded.model, DEFAULT_METHODS, layer, tune=False).explain(x)
+    tuned = Explainer(loaded.model, DEFAULT_METHODS, layer).explain(x)  # chunks, channels-last, BatchNorm folded
+    assert torch.equal(tuned.target, exact.target)
     for method in DEFAULT_METHODS:
-        torch.testing.assert_close(result.maps[method], standalone(loaded.model, method, x, result.target, layer),
-                                   rtol=1e-5, atol=1e-6, msg=method)
+        want = standalone(loaded.model, method, x, exact.target, layer)
+        torch.testing.assert_close(exact.maps[method], want, rtol=1e-5, atol=1e-6, msg=method)
+        # to float rounding, except where a rectifier's input sits within rounding of its
+        # bound and the folded model's gradient takes the other side (a few pixels)
+        diff, scale = (tuned.maps[method] - want).abs(), want.abs().max().item()
+        assert diff.mean() <= 1e-4 * scale and diff.max() <= 0.02 * scale, method
 
 
 def test_tuning_tries_each_execution_on_real_work_then_keeps_the_fastest():
