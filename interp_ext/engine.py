@@ -38,7 +38,7 @@ from .attr.occlusion import Occlusion
 from .attr.rectifiers import BackwardRule, RectifierMode
 from .attr.shapley import ShapleySampling, grid_feature_mask
 from .attr.smoothgrad import SmoothGrad
-from .fusion import fold_batchnorm, parameters_state
+from .fusion import folded_copy
 from .layers import LayerCapture, LayerSpec, resolve_layers
 from .tuning import TunedForward, run_tuned, tuner_for
 
@@ -121,22 +121,17 @@ class Explainer:
         self.output_size = output_size
         self.options = self._options(options or {})
         self.tune = tune
-        self._folded: Optional[tuple[tuple, nn.Module, list]] = None  # (parameters' state, copy, its layers)
 
     def _runner(self) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
         """The model the passes run, and its target layers: with ``tune`` the BatchNorm-
         folded copy (kept while the model's parameters and buffers are unchanged)."""
         if not self.tune:
             return self.model, self.layers
-        state = parameters_state(self.model)
-        if self._folded is None or self._folded[0] != state:
-            result = fold_batchnorm(self.model, keep=[name for name, _ in self.layers])
-            if result is None:
-                self._folded = (state, self.model, self.layers)
-            else:
-                copy = result[0]
-                self._folded = (state, copy, [(name, copy.get_submodule(name)) for name, _ in self.layers])
-        return self._folded[1], self._folded[2]
+        names = [name for name, _ in self.layers]
+        copy = folded_copy(self.model, names)
+        if copy is None:
+            return self.model, self.layers
+        return copy, [(name, copy.get_submodule(name)) for name in names]
     def _options(self, given: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         unknown = [m for m in given if m not in DEFAULT_OPTIONS]
         if unknown:
@@ -286,7 +281,7 @@ class Explainer:
                 maps["deconvnet"] = grads[0]
         for variant in variants:
             if variant not in self.methods:  # Grad-CAM computed only for guided Grad-CAM
-                maps.pop(variant), layer_maps.pop(variant)
+                del maps[variant], layer_maps[variant]
         return logits.detach(), target_t, maps, layer_maps
 
     def _perturbation_pass(self, kind: str, x: torch.Tensor, target_t: torch.Tensor, model: nn.Module) -> torch.Tensor:

@@ -446,7 +446,7 @@ class BatchComputer:
         self.model, self.device, self.layer, self.methods = model, device, layer, list(methods)
         self.options, self.settings, self.tune = options, settings, tune
         self._explainers: dict[int, Explainer] = {}  # by batch size (the last batch may be smaller)
-        self.passes = self._explainer(settings.perturbations_per_eval).plan()
+        self.passes = Explainer(model, self.methods, layer).plan()
         self.seconds: dict[str, float] = {}
 
     def _explainer(self, batch: int) -> Explainer:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import weakref
 from typing import Optional, Sequence
 
 import torch.nn.functional as F
@@ -118,3 +119,18 @@ def parameters_state(model: nn.Module) -> tuple:
     return tuple((id(t), t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
+
+
+_FOLDED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def folded_copy(model: nn.Module, keep: Sequence[str] = ()) -> Optional[fx.GraphModule]:
+    """`fold_batchnorm`'s copy, made once per model and `keep` and kept while the model's
+    parameters and buffers are unchanged (every explainer of one model shares it); None
+    when there is nothing to fold."""
+    per_model = _FOLDED.setdefault(model, {})
+    key, state = tuple(keep), parameters_state(model)
+    if key not in per_model or per_model[key][0] != state:
+        result = fold_batchnorm(model, keep)
+        per_model[key] = (state, None if result is None else result[0])
+    return per_model[key][1]

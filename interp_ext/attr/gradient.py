@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ._common import Target, check_inputs, in_eval_mode, input_gradients
+from ._common import Target, check_inputs, input_gradients
 from .rectifiers import RectifierMode
 
 

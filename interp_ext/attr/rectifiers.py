@@ -13,6 +13,7 @@ backward passes: each rectifier reads the rule when the gradient reaches it, so
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -44,6 +45,7 @@ class BackwardRule:
         self._rule = rule
 
 
+@functools.lru_cache(maxsize=64)  # read by every rectifier node in every plain backward pass
 def _plain_bound(upper: float, dtype: torch.dtype) -> float:
     """upper as the forward's clamp leaves it in `dtype` (see kernels/guided_relu.h)."""
     compute = torch.float64 if dtype == torch.float64 else torch.float32
