@@ -202,7 +202,7 @@ def test_tuning_tries_each_execution_on_real_work_then_keeps_the_fastest():
     counter = Counter(runner)
     results = [explainer.explain(x) for _ in range(4)]
     assert explainer._runner()[0] is runner  # kept while the parameters do not change
-    assert Explainer(model, ["saliency"], "conv2")._runner()[0] is runner  # and shared by every explainer
+    assert Explainer(model, ["gradcam"], "conv2")._runner()[0] is runner  # shared by the explainers of that layer
     tuner = tuning.tuner_for(runner, "gradient:" + ",".join(explainer.plan()), x)
     # batches 1, 2, 4 in NCHW and channels-last, the first chunk a warm-up
     assert set(tuner.seconds_per_item) == set(tuning.candidates(4, (torch.contiguous_format, torch.channels_last)))
