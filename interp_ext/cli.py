@@ -6,8 +6,8 @@
     interp-ext info
 
 ``explain`` also runs under ``torchrun --nproc_per_node=K -m interp_ext.cli explain ...``:
-the images are sharded across ranks (nccl on GPUs, gloo on CPU), each rank on its own
-device, and rank 0 merges ``summary.json`` and the gallery.
+the images are sharded across ranks, each on its own device (GPU ``LOCAL_RANK`` when
+there are GPUs); the ranks share their results through torchrun's store, and rank 0 merges ``summary.json`` and the gallery.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 
 from . import explain as job
 from . import inputs, models, registry, writers
+from .ranks import Ranks
+from .ranks import from_environment as ranks_env
 
 _EXPLAIN_TEXT = """\
 Explain many images: per image and method an overlay PNG and the raw map (.npy,
@@ -144,62 +146,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-# Errors that are the user's (bad options, files, a full disk): one line, no traceback.
-_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, AttributeError, OSError)
-
-
-class _Ranks:
-    """The ranks of one run agree on the outcome of every phase: each phase ends with
-    every rank sharing (ok, message, payload), so a rank that fails never leaves a peer
-    waiting in a collective the failed rank will not join. One process: no collectives."""
-
-    def __init__(self, rank: int, world: int):
-        self.rank, self.world = rank, world
-
-    def phase(self, fn, expected=_USER_ERRORS) -> tuple[bool, str, object]:
-        """Run `fn` here; (True, '', result) or (False, message, None). Unexpected errors
-        propagate in a single process (a traceback); under torchrun they are printed here
-        and shared like the others, so every rank ends."""
-        try:
-            return True, "", fn()
-        except expected as e:
-            return False, str(e) or type(e).__name__, None
-        except Exception as e:
-            if self.world == 1:
-                raise
-            import traceback
-
-            traceback.print_exc()
-            return False, f"{type(e).__name__}: {e}", None
-
-    def agree(self, result: tuple[bool, str, object]) -> list[tuple[bool, str, object]]:
-        if self.world == 1:
-            return [result]
-        import torch.distributed as dist
-
-        gathered: list = [None] * self.world
-        dist.all_gather_object(gathered, result)
-        return gathered
-
-    def failed(self, results: list[tuple[bool, str, object]], code: int, hint: str = "") -> int:
-        """0 if every rank succeeded; else print the failures, one line each (every rank
-        its own, rank 0 all of them) and return `code` on every rank."""
-        bad = [(r, msg) for r, (ok, msg, _) in enumerate(results) if not ok]
-        if not bad:
-            return 0
-        for r, msg in bad:
-            if self.rank == 0 or r == self.rank:
-                where = f" (rank {r})" if self.world > 1 else ""
-                print(f"interp-ext explain: error{where}: {msg}{hint}", file=sys.stderr)
-        return code
-
-
 def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         methods = registry.parse_methods(args.methods)
@@ -209,36 +155,29 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                  smoothgrad_samples=args.smoothgrad_samples, shapley_patch=args.shapley_patch,
                                  shapley_samples=args.shapley_samples,
                                  perturbations_per_eval=args.perturbations_per_eval)
-    rank, world, local_rank = _distributed()
+    rank, world, local_rank = ranks_env()
     device = args.device
-    if world > 1:
+    if world > 1 and (device.startswith("cuda") or device == "auto"):
         import torch
-        import torch.distributed as dist
 
-        use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        if use_cuda:
+        if torch.cuda.is_available():  # one device per rank
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
     config = job.ExplainConfig(inputs=args.inputs, out=args.out, methods=methods, model=args.model, weights=args.weights,
                                batch_size=args.batch_size, device=device, target=args.target, layer=args.layer,
                                quiet=args.quiet or rank > 0, force=args.force, settings=settings,
                                workers=args.workers, tune=not args.no_tune)
-    ranks = _Ranks(rank, world)
     state: dict = {}
     try:
-        return _explain_phases(config, args, ranks, state)
+        with Ranks(rank, world) as ranks:
+            return _explain_phases(config, args, ranks, state)
     finally:
         for held in (state.get("prep"), state.get("checked")):
             if held is not None and held.lock is not None:
                 held.lock.release()
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
-def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks: _Ranks, state: dict) -> int:
+def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks: Ranks, state: dict) -> int:
     owner = ranks.rank == 0
     # 1. checks that need no model, the inputs, the lock of an existing --out
     def check():

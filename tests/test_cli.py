@@ -1,5 +1,5 @@
 """`interp-ext explain` end to end on a folder of good and bad files; resume; errors
-before any work; labels; a user model; 2-rank gloo run equal to one process; `info`."""
+before any work; labels; a user model; 2-rank torchrun run equal to one process; `info`."""
 import json
 import os
 import shutil
@@ -203,7 +203,7 @@ def test_user_model_from_module_function(folder, tmp_path, tiny_model):
     assert np.load(out / "images/inputs/flower.jpg/occlusion.npy").shape == (3, 224, 224)
 
 
-def test_two_gloo_ranks_equal_one_process(folder, tmp_path, tiny_model):
+def test_two_torchrun_ranks_equal_one_process(folder, tmp_path, tiny_model):
     single, multi = tmp_path / "single", tmp_path / "multi"
     common = ["--model", tiny_model, "--methods", "gradcam,saliency", "--batch-size", "2", "--quiet"]
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1"}
