@@ -1,14 +1,11 @@
 """Turn attributions into pictures: heat-map overlays and gradient images."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Union
-
 import numpy as np
 import torch
 from PIL import Image
 
-from .writers import atomic_write
+from .writers import save_png  # noqa: F401  (pictures are saved as the job saves them)
 
 # A perceptually ordered dark-to-bright colormap (black, purple, red, orange, pale yellow).
 _ANCHORS = np.array(
@@ -68,9 +65,3 @@ def to_pil(image01: torch.Tensor) -> Image.Image:
     """(3, H, W) in [0, 1] -> RGB PIL image."""
     arr = (image01.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(arr)
-
-
-def save_png(image: Image.Image, path: Union[str, Path]) -> Path:
-    """Write atomically (:func:`interp_ext.writers.atomic_write`): a unique temporary name, fsync,
-    then a rename, so no half-written file remains."""
-    return atomic_write(path, lambda fh: image.save(fh, format="PNG"))

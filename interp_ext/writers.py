@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import png
 from .inputs import InputImage, display_name
 
 RECORD_VERSION = 1
@@ -116,7 +117,12 @@ def save_npy(array: np.ndarray, path: Path) -> Path:
     return atomic_write(path, lambda fh: np.save(fh, array))
 
 
-def save_png(image: Image.Image, path: Path) -> Path:
+def save_png(image: Image.Image, path: Union[str, Path]) -> Path:
+    """A PIL image as PNG, atomically: 8-bit gray / RGB (with or without alpha) through
+    the fast encoder (:mod:`interp_ext.png`), any other mode through PIL."""
+    if image.mode in png.MODES:
+        data = png.encode(np.asarray(image).reshape(image.height, image.width, png.MODES[image.mode]))
+        return atomic_write_bytes(path, data)
     return atomic_write(path, lambda fh: image.save(fh, format="PNG"))
 
 
