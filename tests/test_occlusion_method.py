@@ -159,3 +159,22 @@ def test_coarse_scores_are_interpolated_along_window_origins():
     torch.testing.assert_close(est, torch.stack([want, -want]), rtol=1e-12, atol=1e-12)
     on_coarse = [(o % cs == 0) & (o <= c[-1]) for o, cs, c in zip(origins, coarse_stride, coarse_origins)]
     assert torch.equal(known, (on_coarse[0][:, None, None] & on_coarse[1][None, :, None] & on_coarse[2][None, None, :]).flatten())
+
+
+def test_copies_run_in_inference_mode_and_the_map_is_an_ordinary_tensor():
+    from interp_ext import Occlusion, ShapleySampling
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 5))
+    modes = []
+    model.register_forward_hook(lambda m, i, o: modes.append(torch.is_inference_mode_enabled()))
+    x = torch.rand(2, 3, 8, 8)
+    occ = Occlusion(model).attribute(x, (3, 4, 4), strides=(3, 2, 2), target=1)
+    shap = ShapleySampling(model).attribute(x, target=1, feature_mask=torch.arange(4).repeat_interleave(16).view(1, 1, 8, 8),
+                                            n_samples=2)
+    assert modes and all(modes)
+    for attr in (occ, shap):
+        assert not attr.is_inference()
+        attr.requires_grad_()  # usable by the caller's autograd
+        (attr * 2).sum().backward()

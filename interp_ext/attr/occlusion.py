@@ -158,7 +158,7 @@ class Occlusion:
         total = ops.occlusion_window_count(shape, window, stride)
         coarse_stride = tuple(s * -(-wd // s) for s, wd in zip(stride, window))
 
-        with torch.no_grad():
+        with torch.inference_mode():  # forward only: no autograd records, no version counters
             clean = model_output(self.model(x, *_expand_args(additional_forward_args, n, 1)))
             idx = resolve_target(target_t, clean)
             clean_score = clean.gather(1, idx[:, None])[:, 0]
@@ -200,4 +200,5 @@ class Occlusion:
                         "Occlusion (refine)",
                     )
                     diffs.scatter_(1, chosen, exact)
-        return ops.occlusion_accumulate(diffs, shape, window, stride).to(inputs.dtype)
+        # outside inference mode: the map is an ordinary tensor (a caller may use it in autograd)
+        return ops.occlusion_accumulate(diffs.clone(), shape, window, stride).to(inputs.dtype)

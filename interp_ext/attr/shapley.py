@@ -137,7 +137,7 @@ class ShapleySampling:
         inner = num_features - 1
         total = samples * inner
 
-        with torch.no_grad():
+        with torch.inference_mode():  # forward only: no autograd records, no version counters
             clean = model_output(self.model(x, *_expand_args(additional_forward_args, n, 1)))
             idx = resolve_target(target_t, clean)
             scores = torch.empty(n, samples, num_features + 1, dtype=torch.float64, device=x.device)
@@ -159,6 +159,7 @@ class ShapleySampling:
             per_feature = torch.zeros(n, num_features, dtype=torch.float64, device=x.device)
             per_feature.scatter_add_(1, perms.reshape(1, -1).expand(n, -1), gains.reshape(n, -1))
             per_feature /= samples
+        per_feature = per_feature.clone()  # outside inference mode: an ordinary tensor for the caller
         if return_features:
             return per_feature.to(inputs.dtype)
         ids = mask.expand(n, c, h, w).reshape(n, -1)
