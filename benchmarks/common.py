@@ -128,7 +128,8 @@ def run_process(cmd: Sequence[str], env: dict | None = None, timeout: float = 36
 
 class PassCounter:
     """Counts and times the model's passes in this process: forward calls of modules of
-    `model_class` (global module hooks, so it finds the model however the job loaded it)
+    `model_class` or of copies folded from it (``folded_from``, interp_ext.fusion; global
+    module hooks, so it finds the model however the job loaded it)
     and backward passes (calls of ``torch.autograd.grad`` and ``torch.autograd.backward``,
     which ``Tensor.backward`` goes through). Seconds are perf_counter around each call."""
 
@@ -143,12 +144,15 @@ class PassCounter:
     def __enter__(self) -> "PassCounter":
         from torch.nn.modules import module as nn_module
 
+        def counted_module(mod) -> bool:
+            return isinstance(mod, self.model_class) or getattr(mod, "folded_from", None) is self.model_class
+
         def pre(mod, args):
-            if isinstance(mod, self.model_class):
+            if counted_module(mod):
                 self._starts.append(time.perf_counter())
 
         def post(mod, args, out):
-            if isinstance(mod, self.model_class) and self._starts:
+            if counted_module(mod) and self._starts:
                 self.forwards += 1
                 self.forward_s += time.perf_counter() - self._starts.pop()
 

@@ -49,7 +49,8 @@ def _foldable_bn(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.BatchNorm2d]:
 def fold_batchnorm(model: nn.Module, keep: Sequence[str] = ()) -> Optional[tuple[fx.GraphModule, int]]:
     """(a folded copy of `model`, the number of BatchNorm layers folded), or None when the
     model cannot be traced by ``torch.fx`` or has nothing to fold. The model itself is
-    not changed; `keep` names modules that stay whole (their insides are not folded)."""
+    not changed; `keep` names modules that stay whole (their insides are not folded).
+    The copy's ``folded_from`` is the model's class."""
     try:
         root = copy.deepcopy(model).eval()
         graph = _Tracer(keep).trace(root)
@@ -79,6 +80,7 @@ def fold_batchnorm(model: nn.Module, keep: Sequence[str] = ()) -> Optional[tuple
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
+    gm.folded_from = type(model)  # what it stands for (profilers and pass counters look for the model's class)
     return gm, folded
 
 

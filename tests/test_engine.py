@@ -268,6 +268,7 @@ def test_folded_copy_follows_the_model_and_leaves_target_layers_whole():
     x = torch.randn(2, 3, 12, 12)
     folded, count = fold_batchnorm(model)
     assert count == 1 and isinstance(model.bn, nn.BatchNorm2d)  # the model itself unchanged
+    assert folded.folded_from is type(model)
     torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-6)
     assert fold_batchnorm(model, keep=["conv1"]) is None  # the CAM layer's output must stay the conv's
     explainer = Explainer(model, ["gradcam", "saliency"], "conv2")
