@@ -139,21 +139,28 @@ def test_several_layers_fuse_normalised_maps(resnet):
     single3 = GradCAM(resnet, "layer3").attribute(x, target=[1, 2]).maps
     single4 = GradCAM(resnet, "layer4").attribute(x, target=[1, 2]).maps
     torch.testing.assert_close(res.layer_maps["layer3"], single3)
-    torch.testing.assert_close(res.maps, (single3 + single4) / 2)
-    # at layer resolution: layer4's raw map is resized to layer3's and both normalised
-    raw = GradCAM(resnet, ["layer3", "layer4"]).attribute(x, target=[1, 2], output_size=None, normalize=False)
-    m3, m4 = raw.layer_maps["layer3"], raw.layer_maps["layer4"]
-    m4 = F.interpolate(m4, size=m3.shape[-2:], mode="bilinear", align_corners=False)
 
     def unit(m):
         lo, hi = m.amin((2, 3), keepdim=True), m.amax((2, 3), keepdim=True)
         return torch.nan_to_num((m - lo) / (hi - lo))  # a constant map counts as zeros
 
+    # normalize=True: the mean of the per-layer maps is scaled to [0, 1] again, as
+    # pytorch-grad-cam does (two maps peaking in different places average to < 1)
+    mean = (single3 + single4) / 2
+    assert float(mean.amax((2, 3)).min()) < 1
+    torch.testing.assert_close(res.maps, unit(mean))
+    assert torch.allclose(res.maps.amax((2, 3)), torch.ones(2, 1)) and float(res.maps.min()) == 0
+    # at layer resolution: layer4's raw map is resized to layer3's and both normalised;
+    # normalize=False leaves their mean as it is
+    raw = GradCAM(resnet, ["layer3", "layer4"]).attribute(x, target=[1, 2], output_size=None, normalize=False)
+    m3, m4 = raw.layer_maps["layer3"], raw.layer_maps["layer4"]
+    m4 = F.interpolate(m4, size=m3.shape[-2:], mode="bilinear", align_corners=False)
+
     assert raw.maps.shape == m3.shape
     torch.testing.assert_close(raw.maps, (unit(m3) + unit(m4)) / 2)
     normed = GradCAM(resnet, ["layer3", "layer4"]).attribute(x, target=[1, 2], output_size=None)
     n4 = F.interpolate(normed.layer_maps["layer4"], size=m3.shape[-2:], mode="bilinear", align_corners=False)
-    torch.testing.assert_close(normed.maps, (unit(normed.layer_maps["layer3"]) + unit(n4)) / 2)
+    torch.testing.assert_close(normed.maps, unit((unit(normed.layer_maps["layer3"]) + unit(n4)) / 2))
 
 
 def test_fusing_renormalises_resized_maps():
@@ -165,7 +172,10 @@ def test_fusing_renormalises_resized_maps():
     coarse[0, 0, 1, 1] = 1.0  # an interior peak: bilinear upsampling does not reach it
     up = F.interpolate(coarse, size=(6, 6), mode="bilinear", align_corners=False)
     assert up.max() < 1
-    torch.testing.assert_close(_fuse([fine, coarse], None), (fine + up / up.max()) / 2)
+    mean = (fine + up / up.max()) / 2
+    torch.testing.assert_close(_fuse([fine, coarse], None, normalize=False), mean)
+    # normalize=True (the default): the mean scaled to [0, 1] again
+    torch.testing.assert_close(_fuse([fine, coarse], None), (mean - mean.min()) / (mean.max() - mean.min()))
 
 
 def test_hooks_removed_and_nothing_kept_alive(resnet):

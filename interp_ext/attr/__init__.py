@@ -1,14 +1,21 @@
 """Attribution methods: one file per family."""
 from .cam import CAM, CAMResult, GradCAM, GradCAMPlusPlus, GuidedGradCAM, HiResCAM, LayerCAM, XGradCAM
+from .eigen_cam import EigenCAM, EigenGradCAM
+from .fullgrad import FullGrad
 from .gradient import Deconvolution, GuidedBackprop, Saliency
 from .occlusion import Occlusion
+from .score_cam import AblationCAM, ScoreCAM
 from .shapley import ShapleySampling, grid_feature_mask
 from .smoothgrad import SmoothGrad
 
 __all__ = [
+    "AblationCAM",
     "CAM",
     "CAMResult",
     "Deconvolution",
+    "EigenCAM",
+    "EigenGradCAM",
+    "FullGrad",
     "GradCAM",
     "GradCAMPlusPlus",
     "GuidedBackprop",
@@ -17,6 +24,7 @@ __all__ = [
     "LayerCAM",
     "Occlusion",
     "Saliency",
+    "ScoreCAM",
     "ShapleySampling",
     "SmoothGrad",
     "XGradCAM",

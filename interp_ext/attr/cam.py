@@ -39,6 +39,11 @@ def _scores(logits: torch.Tensor, target, target_t: Optional[torch.Tensor]) -> t
     return logits.gather(1, idx[:, None])[:, 0]
 
 
+def _check_flag(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def cam_output_size(output_size: OutputSize, inputs: torch.Tensor) -> Optional[tuple[int, int]]:
     if output_size == "input":
         return (inputs.shape[-2], inputs.shape[-1])
@@ -49,30 +54,78 @@ def cam_output_size(output_size: OutputSize, inputs: torch.Tensor) -> Optional[t
     return (int(output_size[0]), int(output_size[1]))
 
 
-def fuse_layer_maps(layer_maps: list[torch.Tensor], size: Optional[tuple[int, int]]) -> torch.Tensor:
+def unit_scale(m: torch.Tensor, dims: Sequence[int] = (2, 3), eps: Optional[float] = None) -> torch.Tensor:
+    """Each map (over `dims`) min-max scaled to [0, 1]. ``eps=None``: exactly, a constant
+    map gives zeros; a number: ``(m - min) / (max - min + eps)`` (pytorch-grad-cam's
+    scaling: 1e-7 for its CAMs, 1e-8 for ScoreCAM's masks; a constant map gives zeros)."""
+    dims = tuple(dims)
+    lo = m.amin(dims, keepdim=True)
+    span = m.amax(dims, keepdim=True) - lo
+    if eps is not None:
+        return (m - lo) / (span + eps)
+    return torch.where(span > 0, (m - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(m))
+
+
+def resize_maps(m: torch.Tensor, size: Optional[tuple[int, int]]) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C, H, W) bilinear, ``align_corners=False`` (the native CAM
+    reduction's resize and, to float rounding, OpenCV's ``INTER_LINEAR``); ``size`` None or
+    the map's own size: unchanged. Computed in float32 at least."""
+    if size is None or tuple(m.shape[-2:]) == tuple(size):
+        return m
+    return F.interpolate(m.float() if m.dtype in (torch.float16, torch.bfloat16) else m, size=tuple(size),
+                         mode="bilinear", align_corners=False).to(m.dtype)
+
+
+def finish_map(m: torch.Tensor, relu: bool, size: Optional[tuple[int, int]], normalize: bool) -> torch.Tensor:
+    """A raw (N, 1, h, w) map finished as the native CAM ops finish theirs: ReLU
+    (``relu``), bilinear resize to ``size``, per-sample min-max to [0, 1] (``normalize``)."""
+    if relu:
+        m = m.clamp(min=0)
+    m = resize_maps(m, size)
+    return unit_scale(m) if normalize else m
+
+
+def fuse_layer_maps(layer_maps: list[torch.Tensor], size: Optional[tuple[int, int]],
+                    normalize: bool = True) -> torch.Tensor:
     """Mean of the per-layer maps, each brought to a common size (the largest layer's
-    when `size` is None) and to [0, 1] first (a no-op for already normalised maps)."""
+    when `size` is None) and to [0, 1] first (a no-op for already normalised maps); with
+    ``normalize`` the mean is scaled to [0, 1] again, as pytorch-grad-cam does (the mean of
+    maps whose peaks differ in place would otherwise not reach 1)."""
     if len(layer_maps) == 1:
         return layer_maps[0]
     if size is None:
         size = max((m.shape[-2], m.shape[-1]) for m in layer_maps)
-    common = []
-    for m in layer_maps:
-        if tuple(m.shape[-2:]) != size:
-            m = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False).to(m.dtype)
-        lo = m.amin((2, 3), keepdim=True)
-        span = m.amax((2, 3), keepdim=True) - lo
-        common.append(torch.where(span > 0, (m - lo) / span.clamp_min(1e-30), torch.zeros_like(m)))
-    return torch.stack(common).mean(0)
+    fused = torch.stack([unit_scale(resize_maps(m, size)) for m in layer_maps]).mean(0)
+    return unit_scale(fused) if normalize else fused
 
 
 def gradcam_maps(acts: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], variant: str,
-                 size: Optional[tuple[int, int]], normalize: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                 size: Optional[tuple[int, int]], normalize: bool = True,
+                 relu: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The fused map and the per-layer maps (N, 1, H, W) of one CAM variant from each
     layer's activations and the target score's gradients (the native reduction)."""
-    maps = [ops.gradcam(a.detach(), g, variant=variant, output_size=size, normalize=normalize)
+    maps = [ops.gradcam(a.detach(), g, variant=variant, relu=relu, output_size=size, normalize=normalize)
             for a, g in zip(acts, grads)]
-    return fuse_layer_maps(maps, size), maps
+    return fuse_layer_maps(maps, size, normalize), maps
+
+
+def layer_gradients(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], inputs: torch.Tensor,
+                    score: Callable[[torch.Tensor], torch.Tensor], *, require_map: bool = True,
+                    arg: str = "target_layer") -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """(logits, activations, gradients) for a batch: one forward that records autograd
+    only after the first of `layers` (`LayerCapture`), and one ``torch.autograd.grad`` of
+    ``score(logits).sum()`` to the layers' outputs (no weight gradients, nothing before the
+    first layer). ``score`` gives one score per sample, ``(N,)``."""
+    with LayerCapture(layers, start_autograd=True, require_map=require_map, arg=arg) as cap, torch.no_grad():
+        logits = model_output(model(inputs))  # the hooks turn autograd on
+        acts = cap.get()
+    with torch.enable_grad():  # the score is part of the graph, also inside a caller's no_grad
+        s = score(logits)
+        if not s.requires_grad:
+            raise ValueError(f"the target scores do not depend on the {arg} output(s): pick a layer the model's "
+                             "output is computed from")
+        grads = torch.autograd.grad(s.sum(), acts)
+    return logits.detach(), [a.detach() for a in acts], list(grads)
 
 
 class _GradCAMBase:
@@ -95,6 +148,7 @@ class _GradCAMBase:
         target: Union[Target, ScoreFn] = None,
         output_size: OutputSize = "input",
         normalize: bool = True,
+        relu: bool = True,
     ) -> CAMResult:
         """Maps for a whole batch from one forward and one backward (to the target layers
         only: no weight gradients).
@@ -103,6 +157,10 @@ class _GradCAMBase:
         function of the model output returning one score per sample. ``output_size``:
         ``"input"`` (the input's H, W), ``None`` (the layer's resolution, the numbers
         Captum's ``LayerGradCam`` gives with ``normalize=False``) or ``(H, W)``.
+        ``relu=False``: the signed map (Captum's ``relu_attributions=False``); with
+        ``normalize`` it is min-max scaled, so 0 is its minimum, not the sign change.
+        Several layers: the mean of their [0, 1] maps, scaled to [0, 1] again when
+        ``normalize`` (``layer_maps`` keeps each layer's own map).
 
         ``inputs``: a finite batch in the model's dtype. The model runs in eval mode (a
         model in train mode gets every module's flag back afterwards, also on an error);
@@ -110,15 +168,12 @@ class _GradCAMBase:
         """
         check_inputs(inputs, model=self.model)
         size = cam_output_size(output_size, inputs)
+        _check_flag(relu, "relu")
+        _check_flag(normalize, "normalize")
         target_t = None if callable(target) else normalize_target(target, inputs.shape[0], inputs.device)
-        with LayerCapture(self.layers, start_autograd=True, require_map=True) as cap, torch.no_grad():  # the hooks turn autograd on
-            logits = model_output(self.model(inputs))
-            acts = cap.get()
-        with torch.enable_grad():  # the score is part of the graph, also inside a caller's no_grad
-            score = _scores(logits, target, target_t)
-            grads = torch.autograd.grad(score.sum(), acts)
-        fused, maps = gradcam_maps(acts, grads, self.variant, size, normalize)
-        return CAMResult(fused, logits.detach(), {name: m for (name, _), m in zip(self.layers, maps)})
+        logits, acts, grads = layer_gradients(self.model, self.layers, inputs, lambda out: _scores(out, target, target_t))
+        fused, maps = gradcam_maps(acts, grads, self.variant, size, normalize, relu)
+        return CAMResult(fused, logits, {name: m for (name, _), m in zip(self.layers, maps)})
 
 
 class GradCAM(_GradCAMBase):
