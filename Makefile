@@ -23,8 +23,14 @@ $(VENV)/.deps: requirements-dev.txt
 	touch $@
 venv: $(VENV)/.deps
 
-$(VENV)/.built: $(VENV)/.deps pyproject.toml $(NATIVE_SOURCES)
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+# The package, editable, without the native library: its metadata and the entry point.
+$(VENV)/.installed: $(VENV)/.deps pyproject.toml setup.py
+	INTERP_EXT_NO_NATIVE=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+# The native library, in place, from a persistent ninja folder (build/): after an edit of
+# one source only that file recompiles and the library relinks.
+$(VENV)/.built: $(VENV)/.installed $(NATIVE_SOURCES)
+	$(PY) setup.py -q build_ext --inplace
 	touch $@
 build: $(VENV)/.built
 
@@ -70,4 +76,4 @@ bench: build
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf build $(CMAKE_BUILD) $(SANITIZE_BUILD) interp_ext/_C*.so *.egg-info $(VENV)/.built
+	rm -rf build $(CMAKE_BUILD) $(SANITIZE_BUILD) interp_ext/_C*.so *.egg-info $(VENV)/.built $(VENV)/.installed

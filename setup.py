@@ -1,7 +1,13 @@
 """Build of the interp_ext native library (see README "Build switches").
 
 CUDAExtension when nvcc and a CUDA build of torch are present (or FORCE_CUDA=1),
-else CppExtension. USE_CUDA=0 forces a CPU-only build; DEBUG=1 builds -O0 -g.
+else CppExtension. USE_CUDA=0 forces a CPU-only build; DEBUG=1 builds -O0 -g (release
+builds carry no debug info). INTERP_EXT_NO_NATIVE=1 installs the Python package without
+building the library: `make build` then builds it in place with ``build_ext --inplace``
+and a persistent ninja folder (build/), so touching one source rebuilds only that file.
+
+The wheel requires the torch minor version it was built against: the library links
+against torch's C++ symbols, which change between minor versions.
 """
 import glob
 import os
@@ -66,6 +72,9 @@ else:
 if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
     os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # the H100/H200 we test on
 
+TORCH_RELEASE = torch.__version__.split("+")[0]
+TORCH_REQUIREMENT = "torch=={}.{}.*".format(*TORCH_RELEASE.split(".")[:2])
+
 opt = ["-O0", "-g"] if DEBUG else ["-O3"]
 cxx_flags = opt + ["-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
 nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3"]) + ["--expt-relaxed-constexpr", "-lineinfo"]
@@ -84,14 +93,17 @@ ext = Extension(
     include_dirs=include_dirs,
     define_macros=define_macros,
     extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags} if with_cuda else {"cxx": cxx_flags},
-    extra_link_args=["-fopenmp"] + (["-g"] if DEBUG else []),
+    extra_link_args=["-fopenmp"] + (["-g"] if DEBUG else ["-Wl,--strip-debug"]),
 )
+build_native = not env_flag("INTERP_EXT_NO_NATIVE")
 
 setup(
     name="interp_ext",
     version="0.1.0",
     packages=find_packages(include=["interp_ext", "interp_ext.*"]),
-    ext_modules=[ext],
+    package_data={"interp_ext": ["py.typed"]},
+    install_requires=[TORCH_REQUIREMENT, "numpy", "pillow", "tqdm"],
+    ext_modules=[ext] if build_native else [],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
 )

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (loads libtorch, which _C links against)
 
-from . import _C  # noqa: F401  (first of ours: registers torch.ops.interp_ext)
+from . import _native
+
+_native.load()  # first of ours: registers torch.ops.interp_ext (checks the torch it needs)
+from . import _C  # noqa: E402,F401
 from . import _fake  # noqa: F401
 from . import ops
 from ._build import build_info

@@ -42,6 +42,7 @@ sharded across ranks and rank 0 writes the summary and the gallery.
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp-ext", description="Fast CNN interpretability on batches of images.")
+    parser.add_argument("--version", action="version", version=f"interp-ext {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = job.ExplainConfig(inputs=(), out=Path("."))  # the defaults, shown as they resolve here
@@ -235,6 +236,19 @@ def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks
             print("interp-ext explain: no image could be processed", file=sys.stderr)
         return 1
     return 0
+
+
+def _version() -> str:
+    """The package's version, and the torch it runs on (read without loading the native library)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("interp_ext")
+    except metadata.PackageNotFoundError:
+        version = "unknown (not installed)"
+    import torch
+
+    return f"{version} (torch {torch.__version__})"
 
 
 def _ints(spec: str, name: str) -> list[int]:

