@@ -470,10 +470,13 @@ class ShapleyValueSampling(PerturbationAttribution):
                 bar.update(2)
                 phi = torch.zeros((numel, num_features), dtype=torch.float64, device=device)
                 missing_d = missing.to(device)
-                for perms in self._orders(num_features, n_samples, max(1, 65536 // max(1, num_features))):
+                cache = _SubsetCache(num_features, device)
+                left = orders
+                for perms in self._orders(num_features, n_samples, max(1, (1 << 22) // num_features ** 2)):
                     perms = perms.to(device)
+                    left -= perms.shape[0]
                     self._accumulate_block(perms, missing_d, plans, run, ppe, numel, base_rows, base_flat, clean_flat,
-                                           phi, bar)
+                                           phi, bar, cache, left)
                 phi /= orders
                 phi_f = phi.float()
                 result = [_spread(phi_f.reshape(*output_shape, num_features), output_shape, m, tuple(x.shape[1:]))
@@ -484,50 +487,113 @@ class ShapleyValueSampling(PerturbationAttribution):
         return format_output(is_tuple, result)
 
     def _accumulate_block(self, perms: Tensor, missing: Tensor, plans, run, ppe: int, numel: int, base_rows: int,
-                          base_flat: Tensor, clean_flat: Tensor, phi: Tensor, bar) -> None:
+                          base_flat: Tensor, clean_flat: Tensor, phi: Tensor, bar, cache: "_SubsetCache",
+                          orders_left: int) -> None:
         """Add the feature gains of a block of orders to ``phi`` (numel, F).
 
         Order ``s`` switches its features on one at a time; state ``t`` (1 <= t < F) has the
         first ``t`` of them on. The gain of the feature switched on at state ``t`` is
         ``f(state t) - f(state t - 1)`` (state 0: the baseline; state F: the input). A
-        feature no mask holds changes nothing: its state is not evaluated (gain 0).
+        feature no mask holds changes nothing: its state is not evaluated (gain 0). Each
+        distinct set of features on is evaluated once (`_SubsetCache`), however many
+        orders pass through it.
         """
         s_count, num_features = perms.shape
-        rank = perms.argsort(dim=1)
+        last_feature = perms[:, num_features - 1]
         if num_features > 1:
             evaluated = ~missing[perms[:, : num_features - 1]]  # (S, F-1): state t = column + 1
             pairs = evaluated.nonzero()  # row-major: by order, then by state
         else:
             evaluated = torch.zeros((s_count, 0), dtype=torch.bool, device=perms.device)
             pairs = torch.zeros((0, 2), dtype=torch.long, device=perms.device)
-        last_feature = perms[:, num_features - 1]
         # orders with no evaluated state: the whole gain goes to their last feature
         none = ~evaluated.any(dim=1)
         if bool(none.any()):
             phi.index_add_(1, last_feature[none], (clean_flat - base_flat)[:, None].expand(numel, int(none.sum())))
-        carry_order, carry_out = -1, None
         total = pairs.shape[0]
-        for start in range(0, total, ppe):
-            chunk = pairs[start : start + ppe]
-            count = chunk.shape[0]
-            orders, states = chunk[:, 0], chunk[:, 1] + 1
-            present = rank[orders] < states[:, None]
-            batch = [p.build(present, min(ppe, total)) for p in plans]
-            out = _batch_outputs(run(batch, count), count, numel, base_rows, ppe).double()
-            bar.update()
+        if total == 0:
+            return
+        orders, states = pairs[:, 0], pairs[:, 1] + 1
+        present = (perms.argsort(dim=1)[orders] < states[:, None]) & ~missing
+        rows = cache.rows(present, plans, run, ppe, numel, base_rows, bar, orders_left)
+        # the gains, a segment of states at a time (bounded memory for wide outputs)
+        segment = max(1, (1 << 22) // max(1, numel))
+        carry_order, carry_out = -1, None
+        for lo in range(0, total, segment):
+            hi = min(total, lo + segment)
+            o = orders[lo:hi]
+            out = cache.outputs(rows[lo:hi])
+            count = hi - lo
             prev = base_flat.expand(count, numel).clone()
             same = torch.zeros(count, dtype=torch.bool, device=out.device)
-            same[1:] = orders[1:] == orders[:-1]
+            same[1:] = o[1:] == o[:-1]
             prev[same] = out[:-1][same[1:]]
-            if carry_out is not None and int(orders[0]) == carry_order:
+            if carry_out is not None and int(o[0]) == carry_order:
                 prev[0] = carry_out
-            phi.index_add_(1, perms[orders, states - 1], (out - prev).t())
-            nxt = int(pairs[start + count, 0]) if start + count < total else -1
-            following = torch.cat([orders[1:], torch.tensor([nxt], device=orders.device)])
-            last = orders != following  # the order's last evaluated state: the input's gain follows
-            if bool(last.any()):
-                phi.index_add_(1, last_feature[orders[last]], (clean_flat[None] - out[last]).t())
-            carry_order, carry_out = int(orders[-1]), out[-1]
+            phi.index_add_(1, perms[o, states[lo:hi] - 1], (out - prev).t())
+            nxt = int(orders[hi]) if hi < total else -1
+            last = o != torch.cat([o[1:], torch.tensor([nxt], device=o.device)])
+            # each order's last evaluated state: the rest of the gain (to the input) goes to its last feature
+            phi.index_add_(1, last_feature[o[last]], (clean_flat[None] - out[last]).t())
+            carry_order, carry_out = int(o[-1]), out[-1]
+
+
+class _SubsetCache:
+    """The model's output for each distinct set of features present, evaluated once:
+    copies for the sets not seen yet are built and run ``perturbations_per_eval`` at a
+    time; outputs are kept in the forward's dtype."""
+
+    def __init__(self, num_features: int, device: torch.device):
+        self.num_features = num_features
+        self.packable = num_features <= 62
+        self.weights = (1 << torch.arange(num_features, device=device, dtype=torch.long)) if self.packable else None
+        self.index: dict = {}
+        self.store: list[Tensor] = []
+        self._table: Optional[Tensor] = None
+
+    def rows(self, present: Tensor, plans, run, ppe: int, numel: int, base_rows: int, bar, orders_left: int) -> Tensor:
+        """For each row of ``present`` (M, F), the row of its output in the store."""
+        if self.packable:
+            keys = (present.long() * self.weights).sum(dim=1)
+            uniq, inverse = torch.unique(keys, return_inverse=True)
+            uniq_keys = uniq.tolist()
+            new = [i for i, k in enumerate(uniq_keys) if k not in self.index]
+            uniq_present = None
+        else:  # wider masks: distinct rows within this block
+            uniq_present, inverse = torch.unique(present, dim=0, return_inverse=True)
+            uniq_keys = list(range(len(self.store_rows()), len(self.store_rows()) + uniq_present.shape[0]))
+            new = list(range(uniq_present.shape[0]))
+        if new:
+            if uniq_present is None:
+                bits = torch.tensor([uniq_keys[i] for i in new], dtype=torch.long, device=present.device)
+                todo = (bits[:, None] & self.weights[None]) != 0
+            else:
+                todo = uniq_present
+            chunks = -(-todo.shape[0] // ppe)
+            if hasattr(bar, "total"):
+                per_order = self.num_features - 1
+                bar.total = bar.n + chunks + -(-orders_left * per_order // ppe)
+                bar.refresh()
+            first = len(self.store_rows())
+            for c0 in range(0, todo.shape[0], ppe):
+                chunk = todo[c0 : c0 + ppe]
+                count = chunk.shape[0]
+                batch = [p.build(chunk, min(ppe, todo.shape[0])) for p in plans]
+                self.store.append(_batch_outputs(run(batch, count), count, numel, base_rows, ppe))
+                bar.update()
+            self._table = None
+            for j, i in enumerate(new):
+                self.index[uniq_keys[i]] = first + j
+        mapping = torch.tensor([self.index[k] for k in uniq_keys], dtype=torch.long, device=present.device)
+        return mapping[inverse]
+
+    def store_rows(self) -> Tensor:
+        if self._table is None:
+            self._table = torch.cat(self.store) if self.store else torch.zeros((0, 1))
+        return self._table
+
+    def outputs(self, rows: Tensor) -> Tensor:
+        return self.store_rows()[rows].double()
 
 
 class ShapleyValues(ShapleyValueSampling):
