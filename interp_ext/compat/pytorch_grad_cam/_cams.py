@@ -196,6 +196,10 @@ class BaseCAM:
         self.device = p.device if p is not None else torch.device("cpu")
         self.outputs: Optional[torch.Tensor] = None
         self.activations_and_grads = _Released()
+        # False: the passes run the model itself in its own layout (no BatchNorm folding, no
+        # channels-last): slower, closest to their rounding (for ill-conditioned maps such as
+        # XGrad-CAM's on a layer whose activation sums nearly cancel)
+        self.fast = True
 
     # ---- the call ----------------------------------------------------------------------
 
@@ -258,7 +262,7 @@ class BaseCAM:
         """The model the passes run (the BatchNorm-folded copy, target layers kept) and its
         target layers."""
         names = [name for name, _ in self._layers]
-        copy = folded_copy(self.model, names) if self.fold_batchnorm else None
+        copy = folded_copy(self.model, names) if self.fold_batchnorm and self.fast else None
         if copy is None:
             return self.model, self._layers
         try:
@@ -271,7 +275,7 @@ class BaseCAM:
 
     def _maps(self, x: torch.Tensor, targets: Optional[list], eigen_smooth: bool) -> torch.Tensor:
         runner, layers = self._runner()
-        fmt = _cpu_layout(runner, x)
+        fmt = _cpu_layout(runner, x) if self.fast else torch.contiguous_format
         with model_layout(runner, fmt):
             out, cams = self._pass(runner, layers, x.contiguous(memory_format=fmt), targets, eigen_smooth)
         self.outputs = out
@@ -282,16 +286,14 @@ class BaseCAM:
 
     def _capture(self, runner, layers, x):
         """Forward only (inference mode): the outputs and each layer's (reshaped) output."""
-        with LayerCapture(layers, require_map=self.reshape_transform is None, detach=True, arg="target_layers") as cap, \
-                torch.inference_mode():
+        with LayerCapture(layers, detach=True, arg="target_layers") as cap, torch.inference_mode():
             out = model_output(runner(x))
             acts = cap.get()
         return out.clone(), [self._reshaped(a).clone() for a in acts]
 
     def _gradients(self, runner, layers, x, targets):
         """One forward (autograd from the first layer on) and one backward to the layers."""
-        with LayerCapture(layers, start_autograd=True, require_map=self.reshape_transform is None,
-                          arg="target_layers") as cap, torch.no_grad():
+        with LayerCapture(layers, start_autograd=True, arg="target_layers") as cap, torch.no_grad():
             out = model_output(runner(x))
             acts = cap.get()
         targets = targets if targets is not None else top1_targets(out)
@@ -302,7 +304,7 @@ class BaseCAM:
         return out.detach(), [self._reshaped(a.detach()) for a in acts], [self._reshaped(g) for g in grads]
 
     def _check_maps(self, t: torch.Tensor) -> None:
-        if t.dim() != 4:
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"target_layers: the (reshaped) activations must be (N, C, h, w), got shape "
                              f"{tuple(t.shape)}: give a reshape_transform for token outputs")
 
@@ -467,7 +469,7 @@ class ScoreCAM(_PerturbationCAM):
     def _channel_weights(self, runner, layer, x, acts, out, scorer):
         s = masked_input_scores(runner, x, acts, scorer, batch_size=self.batch_size, align_corners=True, eps=1e-8,
                                 show_progress=self.show_progress, desc="ScoreCAM",
-                                memory_format=_cpu_layout(runner, x))
+                                memory_format=_cpu_layout(runner, x) if self.fast else torch.contiguous_format)
         return torch.softmax(s, dim=1).to(acts.dtype)
 
 
@@ -542,7 +544,11 @@ class FullGrad(BaseCAM):
         self._bias = bias_layers(model, lambda m: type(m) in (nn.Conv2d, nn.BatchNorm2d) and m.bias is not None)
 
     def _maps(self, x, targets, eigen_smooth):
-        fmt = _cpu_layout(self.model, x)
+        # the model's own layout: each channel's term is min-max scaled on its own, and a
+        # nearly constant one turns the rounding of another summation order into visible
+        # differences (channels-last: 5e-3 on the bundled model's map, vs 7e-7 in NCHW),
+        # and channels-last was not faster for this one backward to every layer
+        fmt = torch.contiguous_format
         size = (x.shape[-2], x.shape[-1])
         with model_layout(self.model, fmt):
             xin = x.contiguous(memory_format=fmt)
