@@ -1,7 +1,8 @@
 """Run the benchmark suite and write a report: markdown tables, a bar chart of the
-speed-ups (vs the pure-PyTorch reference and vs the peer libraries) and, in
-BENCHMARKS.md, a section per device that a re-run replaces (the rest of the file is
-left alone). Machine, device, threads and versions are recorded with every figure.
+speed-ups (vs the pure-PyTorch reference and vs the peer libraries), in --out
+(benchmarks/results/); with --benchmarks-md BENCHMARKS.md also that file's section for the
+device, which a re-run replaces (the rest of the file is left alone). Machine, device,
+threads and versions are recorded with every figure.
 
     python benchmarks/run_all.py [--quick] [--device cpu|cuda] [--out DIR] [--benchmarks-md FILE]
     python benchmarks/run_all.py --from-results   # chart + report from the recorded JSON only
@@ -136,8 +137,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--out", type=Path, default=common.RESULTS, help="results folder (JSON, markdown, chart)")
     p.add_argument("--from-results", action="store_true", help="do not run: chart and report the recorded JSON")
-    p.add_argument("--benchmarks-md", type=Path, default=HERE.parent / "BENCHMARKS.md",
-                   help="markdown file whose section for this device is rewritten ('-' to skip)")
+    p.add_argument("--benchmarks-md", type=Path, default=None,
+                   help="also rewrite this markdown file's section for this device (e.g. BENCHMARKS.md); "
+                        "default: only the report in --out")
     args = p.parse_args(argv)
     import torch
 
@@ -169,10 +171,13 @@ def main(argv=None) -> int:
               f"{machine['date']}; threads as listed per row; versions: "
               + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; chart: `{png.relative_to(HERE.parent) if png.is_relative_to(HERE.parent) else png}`\n\n")
     body = header + common.md_table(bars, ["group", "case", "threads", "against", "speedup"]) + "\n"
-    (args.out / f"report_{machine['device'].replace(' ', '_')}.md").write_text(body)
-    if str(args.benchmarks_md) != "-":
+    report = args.out / f"report_{machine['device'].replace(' ', '_')}.md"
+    report.write_text(body)
+    written = [png, report]
+    if args.benchmarks_md is not None and str(args.benchmarks_md) != "-":
         replace_section(args.benchmarks_md, label.split(" (")[0], body)
-    print(f"wrote {png}, the report and {args.benchmarks_md}")
+        written.append(args.benchmarks_md)
+    print("wrote " + ", ".join(str(w) for w in written))
     return 0
 
 

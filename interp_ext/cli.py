@@ -139,7 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     bench.add_argument("--from-results", action="store_true", help="do not run: chart and report the recorded results")
     bench.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
-    bench.add_argument("--benchmarks-md", type=Path, help="markdown file to update (default BENCHMARKS.md; '-' skips)")
+    bench.add_argument("--benchmarks-md", type=Path,
+                       help="also rewrite this file's section for the device (e.g. BENCHMARKS.md; default: only the "
+                            "report and chart in --out)")
     bench.set_defaults(func=_bench)
 
     info = sub.add_parser("info", help="how interp_ext was built and what device it sees")

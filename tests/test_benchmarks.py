@@ -43,3 +43,14 @@ def test_section_is_replaced_and_the_rest_kept(tmp_path):
     text = md.read_text()
     assert "hand-written GPU figures" in text and "second" in text and "first" not in text and "gpu" in text
     assert text.count("<!-- interp-ext bench: CPU -->") == 1
+
+
+def test_the_suite_leaves_benchmarks_md_alone_unless_asked(tmp_path, monkeypatch):
+    md = BENCH.parent / "BENCHMARKS.md"
+    before = md.read_text()
+    assert run_all.main(["--from-results", "--device", "cpu", "--out", str(BENCH / "results")]) == 0
+    assert md.read_text() == before
+    target = tmp_path / "B.md"
+    target.write_text("# mine\n")
+    assert run_all.main(["--from-results", "--device", "cpu", "--benchmarks-md", str(target)]) == 0
+    assert "interp-ext bench" in target.read_text() and target.read_text().startswith("# mine")
