@@ -13,11 +13,12 @@ _ANCHORS = np.array(
 )
 
 
-def _interpolate_anchors(values: np.ndarray) -> np.ndarray:
-    v = values * (len(_ANCHORS) - 1)
-    lo = np.floor(v).astype(np.int64).clip(0, len(_ANCHORS) - 2)
+def _interpolate_anchors(values: np.ndarray, anchors: np.ndarray = _ANCHORS) -> np.ndarray:
+    """Values in [0, 1] -> uint8 RGB, linear between evenly spaced anchor colours."""
+    v = values * (len(anchors) - 1)
+    lo = np.floor(v).astype(np.int64).clip(0, len(anchors) - 2)
     frac = (v - lo)[..., None]
-    return (_ANCHORS[lo] * (1 - frac) + _ANCHORS[lo + 1] * frac).round().astype(np.uint8)
+    return (anchors[lo] * (1 - frac) + anchors[lo + 1] * frac).round().astype(np.uint8)
 
 
 # The colormap sampled at 4096 levels: a table lookup per pixel (10x faster than
@@ -46,9 +47,40 @@ def overlay(image: Image.Image, heat: torch.Tensor, alpha: float = 0.55) -> Imag
     """Blend a colour-mapped (H, W) map over an RGB image of the same size."""
     if tuple(heat.shape) != (image.height, image.width):
         raise ValueError(f"heat must have the image's shape {(image.height, image.width)}, got {tuple(heat.shape)}")
-    colour = colormap(normalize_map(heat)).astype(np.float32)
+    return _blend(image, colormap(normalize_map(heat)), alpha)
+
+
+def _blend(image: Image.Image, colour: np.ndarray, alpha: float) -> Image.Image:
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return Image.fromarray((base * (1 - alpha) + colour * alpha).round().astype(np.uint8))
+    return Image.fromarray((base * (1 - alpha) + colour.astype(np.float32) * alpha).round().astype(np.uint8))
+
+
+# A diverging colormap for signed maps: blue (negative), light grey (zero), red (positive).
+_DIVERGING_ANCHORS = np.array([[59, 76, 192], [141, 176, 254], [221, 221, 221], [244, 154, 123], [180, 4, 38]],
+                              dtype=np.float32)
+_DIVERGING = _interpolate_anchors(np.linspace(0.0, 1.0, _LEVELS + 1), _DIVERGING_ANCHORS)
+
+
+def diverging(values: np.ndarray) -> np.ndarray:
+    """Values in [-1, 1] (any shape; NaN as 0) -> uint8 RGB, zero at the centre colour."""
+    v = np.clip(np.nan_to_num(values, nan=0.0), -1.0, 1.0)
+    return _DIVERGING[((v + 1) * (_LEVELS / 2) + 0.5).astype(np.intp)]
+
+
+def normalize_signed(heat: torch.Tensor, percentile: float = 99.5) -> np.ndarray:
+    """(H, W) signed map -> [-1, 1] numpy, zero kept at zero, scaled by the `percentile` of
+    its magnitude (one extreme pixel does not wash the rest out)."""
+    h = heat.detach().float().cpu().numpy()
+    top = np.percentile(np.abs(h), percentile)
+    return np.clip(h / top, -1, 1) if top > 0 else np.zeros_like(h)
+
+
+def signed_overlay(image: Image.Image, heat: torch.Tensor, alpha: float = 0.55) -> Image.Image:
+    """Blend a signed (H, W) map (occlusion, Shapley) over an RGB image of the same size
+    with the diverging colormap, so negative, zero and positive differ."""
+    if tuple(heat.shape) != (image.height, image.width):
+        raise ValueError(f"heat must have the image's shape {(image.height, image.width)}, got {tuple(heat.shape)}")
+    return _blend(image, diverging(normalize_signed(heat)), alpha)
 
 
 def gradient_image(grad: torch.Tensor) -> Image.Image:
