@@ -8,13 +8,16 @@ batch:
   guided Grad-CAM, deconvnet) it records switchable rectifiers (forward values
   unchanged) so that several backward passes share it;
 - ``backward:plain``: ONE ``torch.autograd.grad`` of the target scores to [each layer's
-  activations..., the input] for every CAM variant and saliency (the Grad-CAM half of
-  guided Grad-CAM too); without an input gradient it stops at the first layer and
-  nothing before the layer is recorded;
+  activations..., the bias layers' outputs..., the input] for every CAM variant,
+  EigenGradCAM, FullGrad and saliency (the Grad-CAM half of guided Grad-CAM too); without
+  an input gradient it stops at the first layer and nothing before the layer is recorded;
+  EigenCAM needs only the forward's activations;
 - ``backward:guided`` (guided backprop; guided Grad-CAM = guided backprop x the Grad-CAM
   map of the plain backward) and ``backward:deconvnet``: to the input;
 - ``smoothgrad``: the noisy copies of the input gradient, in chunks;
-- ``occlusion`` and ``shapley``: forward-only batches of perturbed copies.
+- ``occlusion`` and ``shapley``: forward-only batches of perturbed copies;
+- ``scorecam`` and ``ablationcam``: forward-only batches of masked images / ablated layer
+  outputs, from the forward's activations of the target layer(s).
 
 The forward's logits are the explanation's logits (with no gradient method it runs in
 inference mode). Every map is the number the method's own class gives (tests compare them); the classes
@@ -32,7 +35,10 @@ from torch import nn
 
 from . import ops
 from .attr._common import Target, check_inputs, eval_mode, model_output, normalize_target, resolve_target
-from .attr.cam import OutputSize, cam_output_size, gradcam_maps
+from .attr.cam import OutputSize, cam_output_size, fuse_layer_maps, gradcam_maps, resize_maps, unit_scale
+from .attr.eigen_cam import eigen_grad_maps, eigen_maps
+from .attr.fullgrad import bias_layers, fullgrad_terms, sum_resized
+from .attr.score_cam import ablation_scores, ablation_weights, copy_scores, masked_input_scores, weighted_map
 from .attr.gradient import Saliency
 from .attr.occlusion import Occlusion
 from .attr.rectifiers import BackwardRule, RectifierMode
@@ -43,17 +49,25 @@ from .layers import LayerCapture, LayerSpec, resolve_layers
 from .tuning import TunedForward, run_tuned, tuner_for
 
 CAM_VARIANTS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
+# CAMs of the target layer(s) beyond the native variants: the forward's activations
+# (eigencam), the plain backward (eigengradcam), their own forward-only batches (the rest)
+EIGEN_CAMS = ("eigencam", "eigengradcam")
+PERTURBATION_CAMS = ("scorecam", "ablationcam")
 METHODS = (*CAM_VARIANTS, "guided-gradcam", "saliency", "smoothgrad", "guided-backprop", "deconvnet", "occlusion",
-           "shapley")
+           "shapley", *EIGEN_CAMS, *PERTURBATION_CAMS, "fullgrad")
 DEFAULT_METHODS = ("gradcam", "guided-gradcam", "saliency", "guided-backprop")
 # methods whose maps need the target layer(s)
-LAYER_METHODS = (*CAM_VARIANTS, "guided-gradcam")
+LAYER_METHODS = (*CAM_VARIANTS, "guided-gradcam", *EIGEN_CAMS, *PERTURBATION_CAMS)
+PERTURBATION_PASSES = ("smoothgrad", "occlusion", "shapley", *PERTURBATION_CAMS)
 
 # the settings each configurable method's maps depend on, and their defaults
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "smoothgrad": {"n_samples": 16, "stdev": 0.15, "batch_size": 16, "seed": 0},
     "occlusion": {"window": (3, 16, 16), "strides": (3, 8, 8), "baseline": 0.0, "perturbations_per_eval": 64},
     "shapley": {"patch": 32, "n_samples": 8, "seed": 0, "baseline": 0.0, "perturbations_per_eval": 64},
+    # copies per model call: the memory bound only, the maps do not depend on it
+    "scorecam": {"batch_size": 32},
+    "ablationcam": {"batch_size": 32},
 }
 
 
@@ -61,14 +75,16 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
 class Explanation:
     """What one `Explainer.explain` call gives.
 
-    ``maps``: one tensor per method: ``(N, H, W)`` heat maps for the CAM variants,
-    saliency and SmoothGrad (of the saliency map); input-shaped ``(N, C, H, W)`` for
+    ``maps``: one tensor per method: ``(N, H, W)`` heat maps for the CAM variants (and
+    the Eigen, Score, Ablation CAMs), FullGrad (at the input's size unless ``output_size``
+    is (H, W)), saliency and SmoothGrad (of the saliency map); input-shaped ``(N, C, H, W)`` for
     guided backprop, guided Grad-CAM, deconvnet, occlusion and Shapley.
     ``logits``: the model output of the first pass. ``target``: the class index each
     sample was explained for. ``layer_maps``: per CAM variant, each layer's own map.
     ``passes``: the passes that ran, in order. ``seconds``: wall time of the gradient
     pass (the forward and its backward passes, with the map reductions: "gradient") and of
-    each method with its own batches ("smoothgrad", "occlusion", "shapley")."""
+    each method with its own batches ("smoothgrad", "occlusion", "shapley", "scorecam",
+    "ablationcam")."""
 
     maps: dict[str, torch.Tensor]
     logits: torch.Tensor
@@ -118,6 +134,7 @@ class Explainer:
         if needs_layer and layers is None:
             raise ValueError(f"layers: {', '.join(needs_layer)} need a target layer (a module or its dotted name)")
         self.layers = resolve_layers(model, layers, arg="layers") if needs_layer else []
+        self.bias_layers = bias_layers(model) if "fullgrad" in methods else []
         self.output_size = output_size
         self.options = self._options(options or {})
         self.tune = tune
@@ -128,7 +145,9 @@ class Explainer:
         if not self.tune:
             return self.model, self.layers
         names = [name for name, _ in self.layers]
-        copy = folded_copy(self.model, names)
+        # FullGrad's terms are the BatchNorm layers' own biases: keep them (nothing folds)
+        keep = names + [name for name, _ in self.bias_layers if name not in names]
+        copy = folded_copy(self.model, keep)
         if copy is None:
             return self.model, self.layers
         return copy, [(name, copy.get_submodule(name)) for name in names]
@@ -155,10 +174,10 @@ class Explainer:
         return [v for v in CAM_VARIANTS if v in wanted]
 
     def backward_rules(self) -> list[str]:
-        """The backward passes of the gradient pass: "plain" (CAM variants, saliency),
-        "guided" (guided backprop and guided Grad-CAM), "deconvnet"."""
+        """The backward passes of the gradient pass: "plain" (CAM variants, EigenGradCAM,
+        FullGrad, saliency), "guided" (guided backprop and guided Grad-CAM), "deconvnet"."""
         m = set(self.methods)
-        rules = ["plain"] if self.cam_variants or "saliency" in m else []
+        rules = ["plain"] if self.cam_variants or m & {"saliency", "eigengradcam", "fullgrad"} else []
         if m & {"guided-backprop", "guided-gradcam"}:
             rules.append("guided")
         if "deconvnet" in m:
@@ -168,9 +187,10 @@ class Explainer:
     def plan(self) -> list[str]:
         """The passes `explain` runs per batch, in order: one "forward" (shared by every
         backward pass after it), "backward:<rule>" per backward rule, then the methods
-        that run their own batches ("smoothgrad", "occlusion", "shapley")."""
+        that run their own batches ("smoothgrad", "occlusion", "shapley", "scorecam",
+        "ablationcam")."""
         passes = ["forward", *(f"backward:{rule}" for rule in self.backward_rules())]
-        return passes + [p for p in ("smoothgrad", "occlusion", "shapley") if p in self.methods]
+        return passes + [p for p in PERTURBATION_PASSES if p in self.methods]
 
     # ---- running it --------------------------------------------------------------------
 
@@ -199,8 +219,12 @@ class Explainer:
             model, layers = self._runner()
             logits, target_t, maps, layer_maps = timed("gradient", self._chunked_gradient_pass, x, target_t, size,
                                                        model, layers)
-            for kind in ("smoothgrad", "occlusion", "shapley"):
-                if kind in self.methods:
+            acts = layer_maps.pop("__activations__", {})
+            for kind in PERTURBATION_PASSES:
+                if kind in PERTURBATION_CAMS and kind in self.methods:
+                    maps[kind], layer_maps[kind] = timed(kind, self._perturbation_cam_pass, kind, x, target_t, size,
+                                                         logits, [acts[name] for name, _ in layers], model, layers)
+                elif kind in self.methods:
                     maps[kind] = timed(kind, self._perturbation_pass, kind, x, target_t, model)
         return Explanation({m: maps[m] for m in self.methods}, logits, target_t, layer_maps, self.plan(), seconds)
 
@@ -234,23 +258,37 @@ class Explainer:
         With a rectifier rule the forward records switchable rectifiers (their forward
         values unchanged) and the graph is kept between the backward passes."""
         rules = self.backward_rules()
-        saliency = "saliency" in self.methods
+        methods = set(self.methods)
+        saliency = "saliency" in methods
+        fullgrad = "fullgrad" in methods
         rectified = any(r != "plain" for r in rules)
-        need_x = saliency or rectified
+        need_x = saliency or rectified or fullgrad
         variants = self.cam_variants
-        layers = layers if variants else []
+        layer_grads = bool(variants) or "eigengradcam" in methods  # methods differentiating to the layers
+        layers = layers if variants or methods & {*EIGEN_CAMS, *PERTURBATION_CAMS} else []
+        # FullGrad's bias layers (in the runner, which keeps them whole), captured with the target layers
+        biases = [(name, model.get_submodule(name)) for name, _ in self.bias_layers] if fullgrad else []
+        captured = list({name: (name, m) for name, m in [*layers, *biases]}.values())
         switch = BackwardRule() if rectified else None
         xin = x.detach().requires_grad_(True) if need_x else x
         # without an input gradient autograd starts at the first layer (LayerCapture);
         # with no backward pass at all the forward runs in inference mode
-        capture = LayerCapture(layers, start_autograd=not need_x, require_map=True)
+        capture = LayerCapture(captured, start_autograd=not need_x, require_map=True)
         grad_mode = torch.enable_grad() if need_x else torch.no_grad() if rules else torch.inference_mode()
         with capture, grad_mode, (RectifierMode(switch) if switch else contextlib.nullcontext()):
             logits = model_output(model(xin))
-            acts = capture.get()
+            out = dict(zip((name for name, _ in captured), capture.get()))
+        acts = [out[name] for name, _ in layers]
+        bias_acts = [out[name] for name, _ in biases]
         target_t = resolve_target(target_t, logits)
         maps: dict[str, torch.Tensor] = {}
         layer_maps: dict[str, dict[str, torch.Tensor]] = {}
+        if "eigencam" in methods:
+            per_layer = eigen_maps([a.detach() for a in acts], size)
+            maps["eigencam"] = fuse_layer_maps(per_layer, size)[:, 0]
+            layer_maps["eigencam"] = {name: m[:, 0] for (name, _), m in zip(self.layers, per_layer)}
+        if methods & set(PERTURBATION_CAMS):  # their batches start from these activations
+            layer_maps["__activations__"] = {name: a.detach().clone() for (name, _), a in zip(layers, acts)}
         if not rules:
             return logits.clone(), target_t, maps, layer_maps  # (clone: a normal tensor outside inference mode)
         with torch.enable_grad():
@@ -259,11 +297,24 @@ class Explainer:
         for i, rule in enumerate(rules):
             if switch is not None:
                 switch.rule = rule
-            wrt = ([*acts, xin] if saliency else acts) if rule == "plain" else [xin]
-            grads = list(torch.autograd.grad(score, wrt, retain_graph=i < len(rules) - 1))
             if rule == "plain":
+                wrt = [*(acts if layer_grads else []), *bias_acts, *([xin] if saliency or fullgrad else [])]
+            else:
+                wrt = [xin]
+            grads = list(torch.autograd.grad(score, wrt, retain_graph=i < len(rules) - 1, allow_unused=fullgrad))
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]
+            if rule == "plain":
+                input_grad = grads.pop() if saliency or fullgrad else None
                 if saliency:
-                    maps["saliency"] = ops.saliency_reduce(grads.pop())
+                    maps["saliency"] = ops.saliency_reduce(input_grad)
+                if fullgrad:
+                    maps["fullgrad"] = self._fullgrad_map(x, input_grad, biases, grads[len(grads) - len(biases):],
+                                                          size)
+                    grads = grads[: len(grads) - len(biases)]
+                if "eigengradcam" in methods:
+                    per_layer = eigen_grad_maps([a.detach() for a in acts], grads, size)
+                    maps["eigengradcam"] = fuse_layer_maps(per_layer, size)[:, 0]
+                    layer_maps["eigengradcam"] = {name: m[:, 0] for (name, _), m in zip(self.layers, per_layer)}
                 for variant in variants:
                     fused, per_layer = gradcam_maps(acts, grads, variant, size)
                     maps[variant] = fused[:, 0]
@@ -283,6 +334,37 @@ class Explainer:
             if variant not in self.methods:  # Grad-CAM computed only for guided Grad-CAM
                 del maps[variant], layer_maps[variant]
         return logits.detach(), target_t, maps, layer_maps
+
+    @staticmethod
+    def _fullgrad_map(x: torch.Tensor, input_grad: torch.Tensor, biases: list, grads: list, size) -> torch.Tensor:
+        """FullGrad's (N, H, W) map, as `interp_ext.FullGrad` computes it."""
+        size = size or tuple(x.shape[-2:])
+        inp, per_layer = fullgrad_terms(x, input_grad, biases, grads)
+        total = resize_maps(inp.sum(1, keepdim=True), size)
+        if per_layer:
+            total = total + sum_resized(per_layer, size)
+        return unit_scale(total)[:, 0]
+
+    def _perturbation_cam_pass(self, kind: str, x: torch.Tensor, target_t: torch.Tensor, size, logits: torch.Tensor,
+                               acts: list[torch.Tensor], model: nn.Module, layers: list):
+        """ScoreCAM / AblationCAM from the forward's activations: (fused map, per-layer maps),
+        the numbers `interp_ext.ScoreCAM` / `AblationCAM` give."""
+        batch = self.options[kind]["batch_size"]
+        score = copy_scores(None, target_t)
+        per_layer = []
+        for layer, a in zip(layers, acts):
+            if kind == "scorecam":
+                forward = TunedForward(model, kind) if self.tune else model
+                w = torch.softmax(masked_input_scores(forward, x, a, score, batch_size=batch), dim=1)
+            else:
+                with torch.inference_mode():
+                    base = score(logits, torch.arange(x.shape[0], device=x.device)).float()
+                w = ablation_weights(base, ablation_scores(model, layer, x, a, base, score, batch_size=batch))
+            with torch.inference_mode():
+                per_layer.append(weighted_map(a, w, True, size, True))
+        with torch.inference_mode():
+            fused = fuse_layer_maps(per_layer, size)[:, 0].clone()
+        return fused, {name: m[:, 0].clone() for (name, _), m in zip(self.layers, per_layer)}
 
     def _perturbation_pass(self, kind: str, x: torch.Tensor, target_t: torch.Tensor, model: nn.Module) -> torch.Tensor:
         o = self.options[kind]

@@ -121,6 +121,11 @@ METHODS: dict[str, Method] = {
     "occlusion": Method("channels", False, "square windows of --occlusion-window at --occlusion-stride, baseline 0", _occlusion_options),
     "shapley": Method("channels", False, "Shapley sampling of --shapley-patch patches, --shapley-samples permutations",
                       _shapley_options),
+    "eigencam": Method("heat", True, "EigenCAM: first principal component of the layer's activations"),
+    "eigengradcam": Method("heat", True, "EigenGradCAM: first principal component of gradients x activations"),
+    "scorecam": Method("heat", True, "Score-CAM: the score of the image masked by each channel of the layer"),
+    "ablationcam": Method("heat", True, "Ablation-CAM: the score drop with each channel of the layer set to 0"),
+    "fullgrad": Method("heat", False, "FullGrad: the input-gradient and every bias-gradient term"),
 }
 DEFAULT_METHODS = engine.DEFAULT_METHODS  # the planner knows the same names (a test checks)
 

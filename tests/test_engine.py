@@ -3,8 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from interp_ext import (Deconvolution, GradCAM, GradCAMPlusPlus, GuidedBackprop, GuidedGradCAM, HiResCAM, LayerCAM,
-                        Occlusion, Saliency, ShapleySampling, SmoothGrad, XGradCAM, grid_feature_mask, ops)
+from interp_ext import (AblationCAM, Deconvolution, EigenCAM, EigenGradCAM, FullGrad, GradCAM, GradCAMPlusPlus,
+                        GuidedBackprop, GuidedGradCAM, HiResCAM, LayerCAM, Occlusion, Saliency, ScoreCAM,
+                        ShapleySampling, SmoothGrad, XGradCAM, grid_feature_mask, ops)
 from interp_ext.engine import DEFAULT_METHODS, METHODS, Explainer
 
 
@@ -57,11 +58,22 @@ def standalone(model, method, x, t, layer="conv2", o=None):
     if method == "shapley":
         return ShapleySampling(model).attribute(x, grid_feature_mask(x.shape[2], x.shape[3], 4), baselines=0.0,
                                                 n_samples=3, target=t, perturbations_per_eval=5, seed=0)
+    if method == "eigencam":
+        return EigenCAM(model, layer).attribute(x).maps[:, 0]
+    if method == "eigengradcam":
+        return EigenGradCAM(model, layer).attribute(x, target=t).maps[:, 0]
+    if method == "scorecam":
+        return ScoreCAM(model, layer).attribute(x, target=t, batch_size=o.get("batch_size", 32)).maps[:, 0]
+    if method == "ablationcam":
+        return AblationCAM(model, layer).attribute(x, target=t, batch_size=o.get("batch_size", 32)).maps[:, 0]
+    if method == "fullgrad":
+        return FullGrad(model).attribute(x, target=t).maps[:, 0]
     raise AssertionError(method)
 
 
 OPTIONS = {"smoothgrad": {"n_samples": 4, "batch_size": 3}, "occlusion": {"window": (3, 4, 4), "strides": (3, 2, 2),
-           "perturbations_per_eval": 7}, "shapley": {"patch": 4, "n_samples": 3, "perturbations_per_eval": 5}}
+           "perturbations_per_eval": 7}, "shapley": {"patch": 4, "n_samples": 3, "perturbations_per_eval": 5},
+           "scorecam": {"batch_size": 5}, "ablationcam": {"batch_size": 7}}
 
 
 @pytest.mark.parametrize("target", [None, 2, [4, 0, 1]])
@@ -97,6 +109,10 @@ class Counter:
     (["saliency", "deconvnet"], ["forward", "backward:plain", "backward:deconvnet"], 1),
     (["gradcam", "deconvnet", "guided-backprop"], ["forward", "backward:plain", "backward:guided", "backward:deconvnet"], 1),
     (["occlusion"], ["forward", "occlusion"], 1 + 1 + 4),  # the logits, Occlusion's clean pass, 25 windows / 7
+    (["eigencam"], ["forward"], 1),
+    (["eigengradcam", "gradcam", "fullgrad", "saliency"], ["forward", "backward:plain"], 1),
+    (["scorecam", "eigencam"], ["forward", "scorecam"], 1 + 5),  # 2 images x 12 channels / 5
+    (["ablationcam"], ["forward", "ablationcam"], 1 + 4),  # per image: 6 channels + the check copy, 6; 7, 5
 ])
 def test_each_distinct_pass_runs_once(methods, passes, forwards):
     model = net()
