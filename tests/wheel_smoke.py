@@ -41,7 +41,7 @@ with tempfile.TemporaryDirectory() as tmp:
     assert gb.shape == grad.shape == x.shape and res.maps.shape == (2, 1, 224, 224)
     ex = interp_ext.Explainer(model, ["gradcam", "saliency", "guided-backprop"], layers="_blocks.15").explain(x)
     torch.testing.assert_close(ex.maps["gradcam"], res.maps[:, 0], rtol=1e-3, atol=1e-3)
-    occ = Occlusion(model).attribute(x[:1], (3, 56, 56), strides=56, target=None, perturbations_per_eval=16)
+    occ = Occlusion(model).attribute(x[:1], (3, 56, 56), strides=(3, 56, 56), target=None, perturbations_per_eval=16)
     assert occ.shape == (1, 3, 224, 224)
     y = ops.guided_relu(torch.randn(8, 16), upper=6.0, rule="guided")
     # the command: explain with the default methods, its gallery and summary
