@@ -515,3 +515,47 @@ def test_progress_bar(cnn, images, capsys):
         cc.ShapleyValues(cnn).attribute(images, feature_mask=torch.arange(64).view(1, 1, 8, 8) // 16, target=0,
                                         show_progress=True, perturbations_per_eval=5)
     assert "Shapley Values attribution: 100%" in capsys.readouterr().err
+
+
+def test_shapley_copies_survive_a_forward_that_writes_its_input():
+    mlp = _seed_model(MLP(6, 3))
+    x = torch.randn(3, 6)
+    mask = torch.tensor([[0, 1, 1, 2, 3, 4]])
+
+    def clobbering(t):
+        out = mlp(t)
+        t.zero_()  # the model scribbles on its input after using it
+        return out
+
+    for ppe in (1, 4):
+        torch.manual_seed(5)
+        clean = cc.ShapleyValueSampling(mlp).attribute(x, feature_mask=mask, target=1, n_samples=15,
+                                                       perturbations_per_eval=ppe)
+        torch.manual_seed(5)
+        before = x.clone()
+        dirty = cc.ShapleyValueSampling(clobbering).attribute(x, feature_mask=mask, target=1, n_samples=15,
+                                                              perturbations_per_eval=ppe)
+        torch.testing.assert_close(dirty, clean)
+        assert torch.equal(x, before)  # the caller's input is never handed to the model
+
+    def clobbering2(a, b):
+        out = mlp(torch.cat([a, b], 1))
+        a.zero_(), b.zero_()
+        return out
+
+    a, b = x[:, :3].clone(), x[:, 3:].clone()
+    for ppe in (1, 3):
+        kw = dict(sliding_window_shapes=((2,), (1,)), target=2, perturbations_per_eval=ppe)
+        clean = cc.Occlusion(lambda p, q: mlp(torch.cat([p, q], 1))).attribute((a, b), **kw)
+        dirty = cc.Occlusion(clobbering2).attribute((a, b), **kw)
+        assert_same(dirty, clean)
+        assert torch.equal(torch.cat([a, b], 1), x)
+
+
+def test_exact_shapley_evaluates_each_subset_once():
+    model = _Counting(_seed_model(MLP(6, 3)))
+    x = torch.randn(2, 6)
+    mask = torch.tensor([[0, 1, 2, 3, 4, 4]])  # 5 features: 120 orders, 2^5 subsets
+    ours = cc.ShapleyValues(model).attribute(x, feature_mask=mask, target=0)
+    assert model.calls == 2 ** 5  # the baseline, the input and the 30 other subsets once each
+    assert_same(ours, ca.ShapleyValues(model.inner).attribute(x, feature_mask=mask, target=0), rtol=1e-4, atol=1e-5)

@@ -175,6 +175,8 @@ def select_targets(output: Tensor, target: TargetType) -> Tensor:
     """The scores a target picks from the model output (Captum's rules)."""
     if target is None:
         return output
+    if type(target) is int and output.dim() >= 2 and -output.shape[1] <= target < output.shape[1]:
+        return output.select(1, target)  # the common case, without the general checks
     if isinstance(target, Tensor) and target.numel() == 1:
         target = int(target.item())
     if _is_int(target) or isinstance(target, tuple):

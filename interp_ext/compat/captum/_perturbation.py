@@ -225,12 +225,13 @@ class Occlusion(PerturbationAttribution):
                        1 + sum(-(-p.total // ppe) for p in plans))
         try:
             with torch.no_grad():
-                initial = forward_scores(self.forward_func, xs, target, args, allow_number=True)
+                # the model never gets the caller's tensors (a forward may write its input)
+                initial = forward_scores(self.forward_func, [x.clone() for x in xs], target, args, allow_number=True)
                 bar.update()
                 n_outputs = initial.numel()
                 flat = initial.reshape(1, -1)
                 base_rows = initial.shape[0] if initial.dim() else 1
-                repeated: dict[int, Tensor] = {}
+                repeated: dict[int, tuple[Tensor, int]] = {}  # the other inputs' copies, and their version
                 attributions = []
                 for j, plan in enumerate(plans):
                     diffs = torch.empty((plan.total, n_outputs), dtype=torch.float64, device=initial.device)
@@ -241,10 +242,12 @@ class Occlusion(PerturbationAttribution):
                         for i, x in enumerate(xs):
                             if i == j:
                                 batch.append(plan.build(start, count, capacity))
-                            else:
-                                if i not in repeated or repeated[i].shape[0] < count * n:
-                                    repeated[i] = repeat_batch(x, capacity)
-                                batch.append(repeated[i][: count * n])
+                            else:  # made again if too short or written by the forward
+                                if i not in repeated or repeated[i][0].shape[0] < count * n or \
+                                        repeated[i][0]._version != repeated[i][1]:
+                                    rep = repeat_batch(x, capacity) if capacity > 1 else x.clone()
+                                    repeated[i] = (rep, rep._version)
+                                batch.append(repeated[i][0][: count * n])
                         out = forward_scores(self.forward_func, batch, expand_target(target, count),
                                              expand_args(args, count), allow_number=True)
                         out = _batch_outputs(out, count, n_outputs, base_rows, ppe)
@@ -314,12 +317,14 @@ class _FeaturePlan:
         self._buffer: Optional[Tensor] = None
 
     def baseline_batch(self) -> Tensor:
-        return self.base.expand(self.x.shape).contiguous()
+        return self.base.expand(self.x.shape).clone()  # the model gets its own copy, whatever it does to it
 
     def build(self, present: Tensor, capacity: int) -> Tensor:
         """``(B * N, *rest)`` copies, copy ``b`` holding the input where ``present[b, id]``
         for the element's feature id and the baseline elsewhere."""
         count = present.shape[0]
+        if count == 1:
+            return self._build_one(present[0])
         if self.native:
             if self._buffer is None:
                 x4 = _as_4d(self.x.contiguous())
@@ -333,6 +338,44 @@ class _FeaturePlan:
         keep = present[:, self.mask]  # (B, m0, *mask_rest)
         out = torch.where(keep, self.x.to(self.dtype).unsqueeze(0), self.base.unsqueeze(0))
         return out.expand(count, *self.x.shape).reshape(count * self.n, *self.x.shape[1:])
+
+    def _build_one(self, present: Tensor) -> Tensor:
+        """One copy (``perturbations_per_eval=1``), made from the previous one: only the
+        elements of the features switched on or off since are rewritten (one feature's
+        worth between consecutive states of an order, instead of the whole input). A
+        forward that changed the copy in place is detected (the version counter) and the
+        copy is then built afresh."""
+        if not hasattr(self, "_ids"):
+            self._ids = self.mask.expand(self.x.shape).reshape(-1)
+            self._order = self._ids.argsort(stable=True)
+            self._counts = torch.bincount(self._ids, minlength=present.shape[0]).tolist()
+            self._starts = [0]
+            for c in self._counts[:-1]:
+                self._starts.append(self._starts[-1] + c)
+            self._x_flat = self.x.to(self.dtype).reshape(-1)
+            self._b_flat = self.base.expand(self.x.shape).reshape(-1)
+            self._features: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+            self._cur = torch.empty_like(self._x_flat)
+            self._cur_present = None
+        cur = self._cur
+        changed = None
+        if self._cur_present is not None and cur._version == self._cur_version:
+            changed = (present != self._cur_present).nonzero().flatten().tolist()
+            if sum(self._counts[f] for f in changed) * 3 > cur.numel():
+                changed = None
+        if changed is None:
+            torch.where(present[self._ids], self._x_flat, self._b_flat, out=cur)
+        elif changed:
+            on = present.tolist()
+            for f in changed:
+                if f not in self._features:
+                    idx = self._order[self._starts[f] : self._starts[f] + self._counts[f]]
+                    self._features[f] = (idx, self._x_flat[idx], self._b_flat[idx])
+                idx, x_vals, b_vals = self._features[f]
+                cur.index_put_((idx,), x_vals if on[f] else b_vals)
+        self._cur_present = present.clone()
+        self._cur_version = cur._version
+        return cur.view(self.x.shape)
 
 
 def _spread(phi: Tensor, output_shape: tuple, mask: Tensor, rest: tuple) -> Tensor:
@@ -355,11 +398,17 @@ class ShapleyValueSampling(PerturbationAttribution):
     up front, one ``torch.randperm`` each, in Captum's order (a forward that itself draws
     random numbers therefore sees another stream than under Captum).
 
-    Work saved: the baseline and the full input are evaluated once, not once per order
-    (``n_samples * (F - 1) + 2`` evaluations of the batch, not ``n_samples * F + 1``), the
-    copies of all orders are stacked ``perturbations_per_eval`` at a time, steps adding a
-    feature no mask holds are not evaluated, and copies of floating-point inputs of up to
-    3 dimensions after the batch come from the native ``feature_batch`` kernel.
+    Work saved: the baseline and the full input are evaluated once, not once per order,
+    and every distinct set of present features once however many orders pass through it
+    (at most ``n_samples * (F - 1) + 2`` evaluations of the batch, not
+    ``n_samples * F + 1``; ``2 ** F`` for the exact `ShapleyValues`, not ``F * F!``); steps
+    adding a feature no mask holds are not evaluated; the copies of all orders are stacked
+    ``perturbations_per_eval`` at a time, built by the native ``feature_batch`` kernel for
+    floating-point inputs of up to 3 dimensions after the batch, and with
+    ``perturbations_per_eval=1`` each copy is the previous one with one feature's elements
+    rewritten. (A forward that is not deterministic, e.g. with dropout in train mode, is
+    therefore called fewer times than under Captum.) The model never gets the caller's
+    tensors, so a forward that writes its input changes nothing.
     """
 
     def __init__(self, forward_func: Callable) -> None:
@@ -461,7 +510,7 @@ class ShapleyValueSampling(PerturbationAttribution):
                             f"sample, but forward_func returns shape {output_shape}")
                 base_rows = output_shape[0]
                 base_flat = base_out.reshape(numel).double()
-                clean = run(xs, 1)
+                clean = run([x.clone() for x in xs], 1)  # never the caller's tensors: a forward may write its input
                 clean = clean.reshape(1) if clean.dim() == 0 else clean
                 if clean.numel() != numel:
                     raise CaptumArgumentError(f"forward_func returned {tuple(clean.shape)} for the inputs but "
@@ -538,6 +587,17 @@ class ShapleyValueSampling(PerturbationAttribution):
             carry_order, carry_out = int(o[-1]), out[-1]
 
 
+def _first_occurrence(uniq: Tensor, inverse: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.unique``'s values reordered by where each first appears (consecutive states
+    of an order then follow each other: one feature apart)."""
+    first = torch.full((uniq.shape[0],), inverse.numel(), dtype=torch.long, device=inverse.device)
+    first.scatter_reduce_(0, inverse, torch.arange(inverse.numel(), device=inverse.device), "amin")
+    order = first.argsort()
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return uniq[order], rank[inverse]
+
+
 class _SubsetCache:
     """The model's output for each distinct set of features present, evaluated once:
     copies for the sets not seen yet are built and run ``perturbations_per_eval`` at a
@@ -555,12 +615,12 @@ class _SubsetCache:
         """For each row of ``present`` (M, F), the row of its output in the store."""
         if self.packable:
             keys = (present.long() * self.weights).sum(dim=1)
-            uniq, inverse = torch.unique(keys, return_inverse=True)
+            uniq, inverse = _first_occurrence(*torch.unique(keys, return_inverse=True))
             uniq_keys = uniq.tolist()
             new = [i for i, k in enumerate(uniq_keys) if k not in self.index]
             uniq_present = None
         else:  # wider masks: distinct rows within this block
-            uniq_present, inverse = torch.unique(present, dim=0, return_inverse=True)
+            uniq_present, inverse = _first_occurrence(*torch.unique(present, dim=0, return_inverse=True))
             uniq_keys = list(range(len(self.store_rows()), len(self.store_rows()) + uniq_present.shape[0]))
             new = list(range(uniq_present.shape[0]))
         if new:
