@@ -559,3 +559,27 @@ def test_exact_shapley_evaluates_each_subset_once():
     ours = cc.ShapleyValues(model).attribute(x, feature_mask=mask, target=0)
     assert model.calls == 2 ** 5  # the baseline, the input and the 30 other subsets once each
     assert_same(ours, ca.ShapleyValues(model.inner).attribute(x, feature_mask=mask, target=0), rtol=1e-4, atol=1e-5)
+
+
+def test_list_of_tuple_targets_on_a_multi_dimensional_output():
+    model = _seed_model(MultiDimOut())
+    x = torch.randn(3, 6)
+    target = [(0, 1, 1), (1, 2, 0), (0, 0, 1)]
+    for cls, kw in (("Saliency", {}), ("IntegratedGradients", dict(n_steps=5)),
+                    ("Occlusion", dict(sliding_window_shapes=(2,), perturbations_per_eval=2)),
+                    ("ShapleyValueSampling", dict(n_samples=5, perturbations_per_eval=3))):
+        assert_same(*both(lambda L: getattr(L, cls)(model).attribute(x, target=target, **kw)), rtol=1e-4, atol=1e-5)
+
+
+def test_noise_tunnel_baselines_drawn_from_a_distribution():
+    import numpy as np
+
+    mlp = _seed_model(MLP(6, 3))
+    x, refs = torch.randn(2, 6), torch.randn(5, 6)
+    results = []
+    for lib in (cc, ca):
+        torch.manual_seed(2)
+        np.random.seed(2)
+        results.append(lib.NoiseTunnel(lib.IntegratedGradients(mlp)).attribute(
+            x, nt_samples=4, stdevs=0.1, draw_baseline_from_distrib=True, baselines=refs, target=1, n_steps=6))
+    assert_same(*results)
