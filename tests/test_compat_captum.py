@@ -583,3 +583,20 @@ def test_noise_tunnel_baselines_drawn_from_a_distribution():
         results.append(lib.NoiseTunnel(lib.IntegratedGradients(mlp)).attribute(
             x, nt_samples=4, stdevs=0.1, draw_baseline_from_distrib=True, baselines=refs, target=1, n_steps=6))
     assert_same(*results)
+
+
+@pytest.mark.parametrize("name", ["Occlusion", "ShapleyValueSampling", "ShapleyValues", "Saliency", "InputXGradient",
+                                  "IntegratedGradients", "NoiseTunnel", "GuidedBackprop", "Deconvolution",
+                                  "NeuronGuidedBackprop", "NeuronDeconvolution", "GuidedGradCam", "LayerGradCam"])
+def test_signatures_and_defaults_are_captums(name):
+    import inspect
+
+    def params(fn):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    ours, theirs = getattr(cc, name), getattr(ca, name)
+    assert params(ours.__init__) == params(theirs.__init__)
+    assert params(ours.attribute) == params(theirs.attribute)
+    if hasattr(theirs, "attribute_future") and name.startswith("Shapley"):
+        assert params(ours.attribute_future) == params(theirs.attribute_future)
+    assert params(cc.LayerAttribution.interpolate) == params(ca.LayerAttribution.interpolate)

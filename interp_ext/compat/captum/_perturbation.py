@@ -683,9 +683,12 @@ class ShapleyValues(ShapleyValueSampling):
         target: TargetType = None,
         additional_forward_args: Any = None,
         feature_mask: Union[None, Tensor, tuple[Tensor, ...]] = None,
+        n_samples: int = 25,
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
     ) -> Future:
+        """`attribute` for a forward returning futures (``n_samples`` is ignored, as in
+        Captum, where this signature comes from the sampling class: every order is used)."""
         self._warn_if_large(inputs, feature_mask)
         result = self._attribute(inputs, baselines, target, additional_forward_args, feature_mask, 1,
                                  perturbations_per_eval, show_progress, allow_future=True)
