@@ -14,7 +14,7 @@ CMAKE_BUILD := build-cmake
 SANITIZE_BUILD := build-asan
 SANITIZE_LIB := $(abspath $(SANITIZE_BUILD))/libinterp_ext_ops.so
 
-.PHONY: all venv build cmake sanitize-build sanitize chromium test test-fast demo bench clean
+.PHONY: all venv build cmake sanitize-build sanitize chromium test test-fast wheel-check demo bench clean
 all: build
 
 $(VENV)/.deps: requirements-dev.txt
@@ -68,6 +68,11 @@ chromium:
 test: build cmake sanitize-build chromium
 	INTERP_EXT_CMAKE_LIB=$(abspath $(CMAKE_BUILD))/libinterp_ext_ops.so INTERP_EXT_SANITIZE_LIB=$(SANITIZE_LIB) \
 	  $(PY) -m pytest -q tests
+
+# The wheels (CPU-only, and with the CUDA sources when nvcc is present) in a fresh venv
+# outside the checkout: the README's examples run from the installed package (CI runs it).
+wheel-check: $(VENV)/.deps
+	bash scripts/wheel_check.sh
 
 demo: build
 	$(PY) -m interp_ext.demo --out out
