@@ -4,10 +4,15 @@ layer's (gradient-weighted) activations, on the device, batched.
 Per sample the ``(K, h, w)`` tensor is read as ``h * w`` points in ``K`` dimensions,
 centred (each channel minus its mean over the pixels) and projected on its first right
 singular vector: a ``(h, w)`` map. A singular vector's sign is arbitrary (LAPACK
-implementations and devices pick differently), so the component is oriented here to
-correlate positively with the sum over channels of the same tensor: where the (weighted)
-activations are large, the map is high. ``interp_ext.compat.pytorch_grad_cam`` keeps
-NumPy's sign instead, to give pytorch-grad-cam's numbers.
+implementations and devices pick differently: torch's and NumPy's disagree on about a
+quarter of random matrices), and after the ReLU the two signs give different maps, so the
+map is oriented here to have its largest magnitude positive (the sign correction of
+Seg-Eigen-CAM, Chung & Ying 2025: the salient extreme is the positive one). On the
+bundled model and a photo of a flower this puts the blossom positive at each of the last
+four layers; the orientation "correlates positively with the channel sum" got it wrong
+at ``_blocks.15``, whose output (no ReLU) is mostly negative on the blossom.
+``interp_ext.compat.pytorch_grad_cam`` keeps NumPy's sign instead, to give
+pytorch-grad-cam's numbers.
 """
 from __future__ import annotations
 
@@ -24,8 +29,8 @@ from .cam import layer_gradients
 
 def principal_component_maps(x: torch.Tensor) -> torch.Tensor:
     """``(N, K, h, w)`` -> ``(N, 1, h, w)``: each sample's pixels (centred per channel)
-    projected on their first principal direction, oriented to correlate positively with
-    the channel sum (see the module docstring). Computed in float32 (float64 for float64
+    projected on their first principal direction, oriented so that the largest magnitude
+    is positive (see the module docstring). Computed in float32 (float64 for float64
     input) by ``torch.linalg.svd`` on the tensor's device; returned in its dtype."""
     if x.dim() != 4:
         raise ValueError(f"principal_component_maps takes (N, K, h, w) maps, got shape {tuple(x.shape)}")
@@ -36,8 +41,7 @@ def principal_component_maps(x: torch.Tensor) -> torch.Tensor:
     _, _, vh = torch.linalg.svd(pts, full_matrices=False)
     v = vh[:, 0, :]  # (N, K)
     proj = torch.bmm(pts, v[:, :, None])[..., 0]  # (N, hw)
-    # orientation: corr(proj, channel sum) = s1^2 * (v . 1) for the centred points
-    sign = torch.where(v.sum(1) < 0, -1.0, 1.0).to(acc)
+    sign = torch.where(proj.amin(1).abs() > proj.amax(1).abs(), -1.0, 1.0).to(acc)
     return (proj * sign[:, None]).reshape(n, 1, h, w).to(x.dtype)
 
 

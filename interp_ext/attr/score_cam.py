@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .. import ops
 from ..layers import LayerCapture, LayerSpec, resolve_layers
 from ._common import Target, check_inputs, in_eval_mode, model_output, normalize_target, resolve_target
+from ._suffix import graph_suffix
 from .cam import CAMResult, OutputSize, ScoreFn, _check_flag, cam_output_size, fuse_layer_maps, unit_scale
 
 # score(outputs of B copies, (B,) index of the image each copy is of) -> (B,) target scores
@@ -112,26 +113,60 @@ def ablation_scores(model: nn.Module, layer: tuple[str, nn.Module], x: torch.Ten
                     desc: str = "AblationCAM") -> torch.Tensor:
     """AblationCAM's scores ``(N, K)``: the target score with channel k of image n's layer
     output ``acts (N, K, h, w)`` set to ``values`` (a number, or ``values(n, channels)`` ->
-    one value per channel). ``base`` (N,): the unablated scores (the check copy must match
-    them). At most ``batch_size`` copies per model call, under inference mode."""
+    one value per channel). ``base`` (N,): the unablated scores. At most ``batch_size``
+    copies per model call, under inference mode.
+
+    How the copies run, the first that reproduces ``base`` on an unablated check copy (in
+    the first batch): the network after the layer only (`interp_ext.attr._suffix`: the
+    traced graph cut at the layer, the values crossing the cut computed once per image);
+    else the model on ONE copy of the image with a forward hook replacing the layer's
+    output by the copies (tensors from before the layer broadcast); else the whole model
+    on every copy (what pytorch-grad-cam does)."""
     name, module = layer
     n, k = acts.shape[:2]
-    replacement: list[Optional[torch.Tensor]] = [None]
-    calls = [0]
 
-    def hook(mod, args, output):
-        calls[0] += 1
-        return replacement[0] if calls[0] == 1 else output
+    def rows(img: int, b: int) -> torch.Tensor:
+        return torch.full((b,), img, dtype=torch.long, device=x.device)
 
-    def run(img: int, batch: torch.Tensor, suffix_only: bool) -> torch.Tensor:
-        replacement[0], calls[0] = batch, 0
-        xin = x[img : img + 1] if suffix_only else x[img : img + 1].expand(batch.shape[0], *x.shape[1:]).contiguous()
-        out = model_output(model(xin))
-        if calls[0] != 1:
-            raise _LayerReused(f"target_layer {name!r} ran {calls[0]} times in one forward; pick a layer used once")
-        if out.shape[0] != batch.shape[0]:
+    def checked(out, b: int):
+        out = model_output(out)
+        if out.shape[0] != b:
             raise _NotOneRowPerCopy("the model's output does not have one row per ablated copy")
-        return score(out, torch.full((batch.shape[0],), img, dtype=torch.long, device=x.device)).float()
+        return out
+
+    def graph_runner():
+        cut = graph_suffix(model, name, x[:1])
+        if cut is None:
+            return None
+        crossing: dict[int, list] = {}
+
+        def run(img: int, batch: torch.Tensor) -> torch.Tensor:
+            if img not in crossing:
+                crossing.clear()
+                crossing[img] = cut.prefix(x[img : img + 1])
+            out = checked(cut.run(batch, crossing[img]), batch.shape[0])
+            return score(out, rows(img, batch.shape[0])).float()
+        return run
+
+    def hook_runner(suffix_only: bool):
+        def run(img: int, batch: torch.Tensor) -> torch.Tensor:
+            calls = [0]
+
+            def hook(mod, args, output):
+                calls[0] += 1
+                return batch if calls[0] == 1 else output
+
+            b = batch.shape[0]
+            xin = x[img : img + 1] if suffix_only else x[img : img + 1].expand(b, *x.shape[1:]).contiguous()
+            handle = module.register_forward_hook(hook)
+            try:
+                out = model(xin)
+            finally:
+                handle.remove()
+            if calls[0] != 1:
+                raise _LayerReused(f"target_layer {name!r} ran {calls[0]} times in one forward; pick a layer used once")
+            return score(checked(out, b), rows(img, b)).float()
+        return run
 
     def ablated(img: int, chans: torch.Tensor, check: bool) -> torch.Tensor:
         b = chans.shape[0]
@@ -140,40 +175,47 @@ def ablation_scores(model: nn.Module, layer: tuple[str, nn.Module], x: torch.Ten
         batch[torch.arange(b, device=acts.device), chans] = v.to(batch.dtype)[:, None, None]
         return batch
 
+    def choose(img: int, batch: torch.Tensor):
+        """(runner, its scores of `batch`): the first way whose check copy gives the score."""
+        tol = 1e-5 * max(1.0, float(base[img].abs()))
+        for make in (graph_runner, lambda: hook_runner(True)):
+            run = make()
+            if run is None:
+                continue
+            try:
+                got = run(img, batch)
+            except _LayerReused:
+                raise
+            except RuntimeError:  # e.g. a tensor from before the layer joined by torch.cat
+                continue
+            if bool(torch.allclose(got[-1], base[img].float(), rtol=1e-4, atol=tol)):
+                return run, got
+        run = hook_runner(False)
+        return run, run(img, batch)
+
     scores = torch.empty(n, k, dtype=torch.float32, device=x.device)
-    suffix_only: Optional[bool] = None  # decided by the check copy of the first call
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.inference_mode():
-            bar = tqdm(total=n * k, desc=desc, unit="channel", disable=not show_progress)
-            for img in range(n):
-                start = 0
-                while start < k:
-                    check = suffix_only is None
-                    b = min(batch_size - int(check), k - start)
-                    chans = torch.arange(start, start + b, device=x.device)
-                    batch = ablated(img, chans, check)
-                    if check:
-                        try:
-                            got = run(img, batch, True)
-                            ok = bool(torch.allclose(got[-1], base[img].float(), rtol=1e-4,
-                                                     atol=1e-5 * max(1.0, float(base[img].abs()))))
-                        except _LayerReused:
-                            raise
-                        except RuntimeError:  # e.g. a tensor from before the layer joined by torch.cat
-                            ok = False
-                        suffix_only = ok
-                        if not ok:
-                            got = run(img, batch, False)
-                        got = got[:b]
-                    else:
-                        got = run(img, batch, suffix_only)
-                    scores[img, start : start + b] = got
-                    start += b
-                    bar.update(b)
-            bar.close()
-    finally:
-        handle.remove()
+    runner = None
+    with torch.inference_mode():
+        bar = tqdm(total=n * k, desc=desc, unit="channel", disable=not show_progress)
+        for img in range(n):
+            start = 0
+            while start < k:
+                check = runner is None
+                if check and batch_size == 1:  # the check copy in a call of its own
+                    runner, _ = choose(img, acts[img : img + 1].clone())
+                    check = False
+                b = min(batch_size - int(check), k - start)
+                chans = torch.arange(start, start + b, device=x.device)
+                batch = ablated(img, chans, check)
+                if check:
+                    runner, got = choose(img, batch)
+                    got = got[:b]
+                else:
+                    got = runner(img, batch)
+                scores[img, start : start + b] = got
+                start += b
+                bar.update(b)
+        bar.close()
     return scores
 
 
