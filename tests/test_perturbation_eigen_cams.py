@@ -338,3 +338,24 @@ def test_several_layers_are_fused_and_renormalised():
         res = cls(model, ["stem", "block"]).attribute(x)
         assert list(res.layer_maps) == ["stem", "block"]
         assert torch.allclose(res.maps.amax((2, 3)), torch.ones(2, 1))
+
+
+@pytest.mark.parametrize("method", ["EigenCAM", "EigenGradCAM", "FullGrad", "AblationCAM"])
+def test_the_maps_find_the_flower_on_the_bundled_model(method):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from sklearn.datasets import load_sample_image
+
+    from interp_ext import models
+
+    loaded = models.load()
+    x = models.batch(loaded, [load_sample_image("flower.jpg")])
+    rgb = loaded.denormalize(x[0])
+    blossom = (rgb[0] > 0.6) & (rgb[2] < 0.55)
+    make = {"EigenCAM": lambda: EigenCAM(loaded.model, "_blocks.15").attribute(x),
+            "EigenGradCAM": lambda: EigenGradCAM(loaded.model, "_blocks.15").attribute(x),
+            "FullGrad": lambda: FullGrad(loaded.model).attribute(x),
+            # (the last 1x1 convolution's BatchNorm: ablating _blocks.15's pre-activation channels
+            # to 0 mostly marks the background)
+            "AblationCAM": lambda: AblationCAM(loaded.model, "_bn1").attribute(x, batch_size=128)}
+    m = make[method]().maps[0, 0]
+    assert m[blossom].mean() > 2 * m[~blossom].mean()
