@@ -4,8 +4,9 @@ cut at the layer, for AblationCAM's ablated copies.
 The model is traced with the layer as a leaf. The suffix is the layer's node and
 everything computed from it; the values it takes from before the layer (the crossing
 values: a skip connection's tensor, ``x.size(0)`` of the input, a shape) are computed
-ONCE per image by the prefix (the layer itself does not run: its output is what gets
-replaced). To give them to a batch of B copies, each is classified by running the prefix
+ONCE per image, and only what they need: neither the layer (its output is what gets
+replaced) nor the network that only feeds it runs (a plain chain of layers costs nothing
+before the cut). To give them to a batch of B copies, each is classified by running the prefix
 on 1 and on 2 copies of an image: a tensor with a leading batch dimension is repeated to
 B, an int equal to the batch size (1, then 2) becomes B, anything equal in both runs is a
 constant, anything else makes the cut unusable (None). The caller still checks one
@@ -27,14 +28,15 @@ class _Unsupported(Exception):
 
 
 class _Prefix(fx.Interpreter):
-    """Runs the nodes before the cut only (the rest give None); keeps every value."""
+    """Runs only the nodes the crossing values are computed from (the rest, the layer and
+    everything before it that only feeds the layer included, give None); keeps every value."""
 
-    def __init__(self, gm: fx.GraphModule, skip: set):
+    def __init__(self, gm: fx.GraphModule, needed: set):
         super().__init__(gm, garbage_collect_values=False)
-        self.skip = skip
+        self.needed = needed
 
     def run_node(self, n: fx.Node) -> Any:
-        if n in self.skip:
+        if n.op != "placeholder" and n not in self.needed:
             return None
         return super().run_node(n)
 
@@ -98,14 +100,19 @@ class GraphSuffix:
         for n in gm.graph.nodes:
             if n in suffix and n is not target:
                 env[n] = g.node_copy(n, lambda a: env[a])
-        self.gm, self.target, self.crossing = gm, target, crossing
-        self.skip = suffix
+        needed, stack = set(), list(crossing)
+        while stack:
+            node = stack.pop()
+            if node not in needed:
+                needed.add(node)
+                stack.extend(node.all_input_nodes)
+        self.gm, self.target, self.crossing, self.needed = gm, target, crossing, needed
         self.suffix = fx.GraphModule(gm, g)
         self.kinds: Optional[list] = None
 
     def prefix(self, x: torch.Tensor) -> list:
         """The crossing values for input ``x``."""
-        interp = _Prefix(self.gm, self.skip)
+        interp = _Prefix(self.gm, self.needed)
         interp.run(x)
         return [interp.env[c] for c in self.crossing]
 
