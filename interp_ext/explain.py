@@ -429,6 +429,9 @@ def engine_options(options: dict[str, dict], settings: Settings, batch: int) -> 
         o = options["shapley"]
         out["shapley"] = {"patch": o["patch"], "n_samples": o["n_samples"], "seed": o["seed"], "baseline": o["baseline"],
                           "perturbations_per_eval": registry.copies_per_image(ppe, batch)}
+    for cam in ("scorecam", "ablationcam"):  # masked images / ablated copies per model call, across the batch
+        if cam in options:
+            out[cam] = {"batch_size": ppe}
     return out
 
 

@@ -79,8 +79,8 @@ class Method:
     """One explanation as the job sees it.
 
     ``picture``: how its per-image map is drawn: "heat" ((H, W), overlaid on the crop),
-    "signed" ((3, H, W) signed gradient picture), "channels" ((3, H, W), summed over
-    channels, then overlaid). ``needs_layer``: a CAM-family method (uses ``--layer``).
+    "signed" ((3, H, W) signed gradient picture), "channels" ((3, H, W) signed, summed over
+    channels, then overlaid with the diverging colormap). ``needs_layer``: a CAM-family method (uses ``--layer``).
     ``options(settings)``: the settings its maps depend on, recorded with every image."""
 
     picture: str
@@ -149,7 +149,7 @@ def picture(kind: str, crop: Image.Image, amap: torch.Tensor) -> Image.Image:
         return viz.overlay(crop, amap)
     if kind == "signed":
         return viz.gradient_image(amap)
-    return viz.overlay(crop, amap.sum(0))
+    return viz.signed_overlay(crop, amap.sum(0))  # occlusion, Shapley: negative, zero and positive apart
 
 
 def default_layer(model_name: str, model: torch.nn.Module, input_size: int) -> str:

@@ -343,3 +343,14 @@ def test_no_tune_keeps_the_exact_batching(tmp_path, tiny, monkeypatch):
     for name in ("im000", "im005"):
         a, b = (np.load(next((tmp_path / d).rglob(f"{name}*/saliency.npy"))) for d in ("a", "b"))
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_perturbations_per_eval_bounds_every_perturbation_method():
+    from interp_ext import registry
+    from interp_ext.explain import engine_options
+
+    settings = registry.Settings(perturbations_per_eval=24)
+    methods = ["occlusion", "shapley", "smoothgrad", "scorecam", "ablationcam"]
+    got = engine_options(registry.method_options(methods, settings), settings, batch=4)
+    assert got["scorecam"]["batch_size"] == got["ablationcam"]["batch_size"] == 24
+    assert got["occlusion"]["perturbations_per_eval"] == got["shapley"]["perturbations_per_eval"] == 6  # per image x 4
