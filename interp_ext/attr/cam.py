@@ -128,8 +128,10 @@ def layer_gradients(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], i
     return logits.detach(), [a.detach() for a in acts], list(grads)
 
 
-class _GradCAMBase:
-    variant = "gradcam"
+class LayerMethod:
+    """A method of one model and its target layers (a module or a dotted name, or several).
+    A context manager, for code written for pytorch-grad-cam; its hooks live only inside
+    ``attribute``, so there is nothing to release."""
 
     def __init__(self, model: nn.Module, target_layer: Union[LayerSpec, Sequence[LayerSpec]]):
         self.model = model
@@ -139,7 +141,11 @@ class _GradCAMBase:
         return self
 
     def __exit__(self, *exc):
-        return False  # hooks live only inside attribute(); nothing to release
+        return False
+
+
+class _GradCAMBase(LayerMethod):
+    variant = "gradcam"
 
     @in_eval_mode
     def attribute(

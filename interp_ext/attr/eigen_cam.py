@@ -19,12 +19,11 @@ from __future__ import annotations
 from typing import Sequence, Union
 
 import torch
-from torch import nn
 
-from ..layers import LayerCapture, LayerSpec, resolve_layers
+from ..layers import LayerCapture
 from ._common import Target, check_inputs, in_eval_mode, model_output, normalize_target
 from .cam import CAMResult, OutputSize, ScoreFn, _check_flag, _scores, cam_output_size, finish_map, fuse_layer_maps
-from .cam import layer_gradients
+from .cam import LayerMethod, layer_gradients
 
 
 def principal_component_maps(x: torch.Tensor) -> torch.Tensor:
@@ -45,19 +44,7 @@ def principal_component_maps(x: torch.Tensor) -> torch.Tensor:
     return (proj * sign[:, None]).reshape(n, 1, h, w).to(x.dtype)
 
 
-class _EigenBase:
-    def __init__(self, model: nn.Module, target_layer: Union[LayerSpec, Sequence[LayerSpec]]):
-        self.model = model
-        self.layers = resolve_layers(model, target_layer)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False  # hooks live only inside attribute()
-
-
-class EigenCAM(_EigenBase):
+class EigenCAM(LayerMethod):
     """EigenCAM: the first principal component of the target layer's activations. Class
     agnostic (no target, no backward): one forward in inference mode."""
 
@@ -79,7 +66,7 @@ class EigenCAM(_EigenBase):
         return CAMResult(fused.clone(), logits.clone(), {name: m.clone() for (name, _), m in zip(self.layers, maps)})
 
 
-class EigenGradCAM(_EigenBase):
+class EigenGradCAM(LayerMethod):
     """EigenGradCAM: the first principal component of gradients x activations at the
     target layer (class discriminative). One forward and one backward to the layer."""
 

@@ -25,10 +25,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import ops
-from ..layers import LayerCapture, LayerSpec, resolve_layers
+from ..layers import LayerCapture, LayerSpec
 from ._common import Target, check_inputs, in_eval_mode, model_output, normalize_target, resolve_target
 from ._suffix import graph_suffix
-from .cam import CAMResult, OutputSize, ScoreFn, _check_flag, cam_output_size, fuse_layer_maps, unit_scale
+from .cam import CAMResult, LayerMethod, OutputSize, ScoreFn, _check_flag, cam_output_size, fuse_layer_maps, unit_scale
 
 # score(outputs of B copies, (B,) index of the image each copy is of) -> (B,) target scores
 CopyScore = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -226,16 +226,7 @@ def ablation_weights(base: torch.Tensor, ablated: torch.Tensor) -> torch.Tensor:
     return torch.where(base != 0, drop / torch.where(base != 0, base, torch.ones_like(base)), drop)
 
 
-class _PerturbationCAM:
-    def __init__(self, model: nn.Module, target_layer: Union[LayerSpec, Sequence[LayerSpec]]):
-        self.model = model
-        self.layers = resolve_layers(model, target_layer)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False  # hooks live only inside attribute()
+class _PerturbationCAM(LayerMethod):
 
     def _weights(self, x, acts, layer, logits, score, batch_size, show_progress) -> torch.Tensor:
         raise NotImplementedError

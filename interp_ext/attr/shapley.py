@@ -3,7 +3,6 @@ feature-subset batch op: memory bounded by ``perturbations_per_eval``."""
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any, Optional, Union
 
 import torch
