@@ -2,7 +2,7 @@
 from .cam import CAM, CAMResult, GradCAM, GradCAMPlusPlus, GuidedGradCAM, HiResCAM, LayerCAM, XGradCAM
 from .eigen_cam import EigenCAM, EigenGradCAM
 from .fullgrad import FullGrad
-from .gradient import Deconvolution, GuidedBackprop, Saliency
+from .gradient import Deconvolution, GuidedBackprop, InputXGradient, IntegratedGradients, Saliency
 from .occlusion import Occlusion
 from .score_cam import AblationCAM, ScoreCAM
 from .shapley import ShapleySampling, grid_feature_mask
@@ -21,6 +21,8 @@ __all__ = [
     "GuidedBackprop",
     "GuidedGradCAM",
     "HiResCAM",
+    "InputXGradient",
+    "IntegratedGradients",
     "LayerCAM",
     "Occlusion",
     "Saliency",

@@ -12,7 +12,6 @@ Grad-CAM and guided backward passes.
 from __future__ import annotations
 
 import contextlib
-import functools
 import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -21,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ... import ops
+from ...attr.gradient import INTEGRATION_METHODS as METHODS
+from ...attr.gradient import integration_points
 from ...attr.rectifiers import BackwardRule, RectifierMode
 from ._common import (
     Attribution,
@@ -98,40 +99,13 @@ class InputXGradient(GradientAttribution):
         return format_output(is_tuple, [x * g for x, g in zip(xs, grads)])
 
 
-RIEMANN_METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
-METHODS = (*RIEMANN_METHODS, "gausslegendre")
-
-
-@functools.lru_cache(maxsize=64)
 def step_sizes_and_alphas(method: str, n_steps: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The quadrature of integrated gradients over [0, 1]: step weights and points.
-
-    Riemann rules: ``n_steps`` equal steps (the trapezoid halves the two end weights),
-    points from ``torch.linspace`` in float32 (Captum's numbers); Gauss-Legendre: the
-    ``n_steps``-point rule mapped from [-1, 1] to [0, 1] (cached: NumPy's nodes for 500
-    points take ~0.1 s)."""
-    if method in RIEMANN_METHODS:
-        if n_steps < 2:
-            raise CaptumArgumentError(f"n_steps must be at least 2 for method={method!r}, got {n_steps}")
-        steps = [1.0 / n_steps] * n_steps
-        kind = method.split("_")[1]
-        if kind == "trapezoid":
-            steps[0] /= 2
-            steps[-1] /= 2
-            alphas = torch.linspace(0, 1, n_steps)
-        elif kind == "left":
-            alphas = torch.linspace(0, 1 - 1 / n_steps, n_steps)
-        elif kind == "middle":
-            alphas = torch.linspace(1 / (2 * n_steps), 1 - 1 / (2 * n_steps), n_steps)
-        else:
-            alphas = torch.linspace(1 / n_steps, 1, n_steps)
-        return tuple(steps), tuple(alphas.tolist())
-    if n_steps < 1:
-        raise CaptumArgumentError(f"n_steps must be at least 1 for method='gausslegendre', got {n_steps}")
-    import numpy as np
-
-    nodes, weights = np.polynomial.legendre.leggauss(n_steps)
-    return tuple((0.5 * weights).tolist()), tuple((0.5 * (1 + nodes)).tolist())
+    """interp_ext's quadrature (`interp_ext.attr.gradient.integration_points`, Captum's
+    numbers), its errors as Captum's type."""
+    try:
+        return integration_points(method, n_steps)
+    except ValueError as e:
+        raise CaptumArgumentError(str(e)) from None
 
 
 class IntegratedGradients(GradientAttribution):
