@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"occlusion: step between windows, at most the window (default: {st.occlusion_stride})")
     ex.add_argument("--smoothgrad-samples", type=int, default=st.smoothgrad_samples, metavar="N",
                     help=f"smoothgrad: noisy copies per image (default: {st.smoothgrad_samples})")
+    ex.add_argument("--ig-steps", type=int, default=st.ig_steps, metavar="N",
+                    help=f"integrated-gradients: points on the path from the baseline (default: {st.ig_steps})")
     ex.add_argument("--shapley-patch", type=int, default=st.shapley_patch, metavar="PX",
                     help=f"shapley: side of the square patches the image is split into (default: {st.shapley_patch})")
     ex.add_argument("--shapley-samples", type=int, default=st.shapley_samples, metavar="N",
@@ -155,7 +157,8 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as e:
         parser.error(str(e))
     settings = registry.Settings(occlusion_window=args.occlusion_window, occlusion_stride=args.occlusion_stride,
-                                 smoothgrad_samples=args.smoothgrad_samples, shapley_patch=args.shapley_patch,
+                                 smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps,
+                                 shapley_patch=args.shapley_patch,
                                  shapley_samples=args.shapley_samples,
                                  perturbations_per_eval=args.perturbations_per_eval)
     rank, world, local_rank = ranks_env()

@@ -15,6 +15,8 @@ batch:
 - ``backward:guided`` (guided backprop; guided Grad-CAM = guided backprop x the Grad-CAM
   map of the plain backward) and ``backward:deconvnet``: to the input;
 - ``smoothgrad``: the noisy copies of the input gradient, in chunks;
+  ``integrated-gradients``: the points of the path from the baseline, in chunks
+  (input x gradient comes from the plain backward's input gradient);
 - ``occlusion`` and ``shapley``: forward-only batches of perturbed copies;
 - ``scorecam`` and ``ablationcam``: forward-only batches of masked images / ablated layer
   outputs, from the forward's activations of the target layer(s).
@@ -39,7 +41,7 @@ from .attr.cam import OutputSize, cam_output_size, fuse_layer_maps, gradcam_maps
 from .attr.eigen_cam import eigen_grad_maps, eigen_maps
 from .attr.fullgrad import bias_layers, fullgrad_terms, sum_resized
 from .attr.score_cam import ablation_scores, ablation_weights, copy_scores, masked_input_scores, weighted_map
-from .attr.gradient import Saliency
+from .attr.gradient import IntegratedGradients, Saliency
 from .attr.occlusion import Occlusion
 from .attr.rectifiers import BackwardRule, RectifierMode
 from .attr.shapley import ShapleySampling, grid_feature_mask
@@ -54,15 +56,18 @@ CAM_VARIANTS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
 EIGEN_CAMS = ("eigencam", "eigengradcam")
 PERTURBATION_CAMS = ("scorecam", "ablationcam")
 METHODS = (*CAM_VARIANTS, "guided-gradcam", "saliency", "smoothgrad", "guided-backprop", "deconvnet", "occlusion",
-           "shapley", *EIGEN_CAMS, *PERTURBATION_CAMS, "fullgrad")
+           "shapley", *EIGEN_CAMS, *PERTURBATION_CAMS, "fullgrad", "input-x-gradient", "integrated-gradients")
 DEFAULT_METHODS = ("gradcam", "guided-gradcam", "saliency", "guided-backprop")
 # methods whose maps need the target layer(s)
 LAYER_METHODS = (*CAM_VARIANTS, "guided-gradcam", *EIGEN_CAMS, *PERTURBATION_CAMS)
-PERTURBATION_PASSES = ("smoothgrad", "occlusion", "shapley", *PERTURBATION_CAMS)
+PERTURBATION_PASSES = ("smoothgrad", "integrated-gradients", "occlusion", "shapley", *PERTURBATION_CAMS)
+# methods that read the plain backward's input gradient
+INPUT_GRADIENT_METHODS = ("saliency", "fullgrad", "input-x-gradient")
 
 # the settings each configurable method's maps depend on, and their defaults
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "smoothgrad": {"n_samples": 16, "stdev": 0.15, "batch_size": 16, "seed": 0},
+    "integrated-gradients": {"n_steps": 32, "method": "gausslegendre", "baseline": 0.0, "batch_size": 16},
     "occlusion": {"window": (3, 16, 16), "strides": (3, 8, 8), "baseline": 0.0, "perturbations_per_eval": 64},
     "shapley": {"patch": 32, "n_samples": 8, "seed": 0, "baseline": 0.0, "perturbations_per_eval": 64},
     # copies per model call: the memory bound only, the maps do not depend on it
@@ -78,7 +83,8 @@ class Explanation:
     ``maps``: one tensor per method: ``(N, H, W)`` heat maps for the CAM variants (and
     the Eigen, Score, Ablation CAMs), FullGrad (at the input's size unless ``output_size``
     is (H, W)), saliency and SmoothGrad (of the saliency map); input-shaped ``(N, C, H, W)`` for
-    guided backprop, guided Grad-CAM, deconvnet, occlusion and Shapley.
+    guided backprop, guided Grad-CAM, deconvnet, occlusion, Shapley, input x gradient and
+    integrated gradients.
     ``logits``: the model output of the first pass. ``target``: the class index each
     sample was explained for. ``layer_maps``: per CAM variant, each layer's own map.
     ``passes``: the passes that ran, in order. ``seconds``: wall time of the gradient
@@ -177,7 +183,7 @@ class Explainer:
         """The backward passes of the gradient pass: "plain" (CAM variants, EigenGradCAM,
         FullGrad, saliency), "guided" (guided backprop and guided Grad-CAM), "deconvnet"."""
         m = set(self.methods)
-        rules = ["plain"] if self.cam_variants or m & {"saliency", "eigengradcam", "fullgrad"} else []
+        rules = ["plain"] if self.cam_variants or m & {"eigengradcam", *INPUT_GRADIENT_METHODS} else []
         if m & {"guided-backprop", "guided-gradcam"}:
             rules.append("guided")
         if "deconvnet" in m:
@@ -261,8 +267,9 @@ class Explainer:
         methods = set(self.methods)
         saliency = "saliency" in methods
         fullgrad = "fullgrad" in methods
+        input_grad_wanted = bool(methods & set(INPUT_GRADIENT_METHODS))
         rectified = any(r != "plain" for r in rules)
-        need_x = saliency or rectified or fullgrad
+        need_x = input_grad_wanted or rectified
         variants = self.cam_variants
         layer_grads = bool(variants) or "eigengradcam" in methods  # methods differentiating to the layers
         layers = layers if variants or methods & {*EIGEN_CAMS, *PERTURBATION_CAMS} else []
@@ -298,15 +305,17 @@ class Explainer:
             if switch is not None:
                 switch.rule = rule
             if rule == "plain":
-                wrt = [*(acts if layer_grads else []), *bias_acts, *([xin] if saliency or fullgrad else [])]
+                wrt = [*(acts if layer_grads else []), *bias_acts, *([xin] if input_grad_wanted else [])]
             else:
                 wrt = [xin]
             grads = list(torch.autograd.grad(score, wrt, retain_graph=i < len(rules) - 1, allow_unused=fullgrad))
             grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]
             if rule == "plain":
-                input_grad = grads.pop() if saliency or fullgrad else None
+                input_grad = grads.pop() if input_grad_wanted else None
                 if saliency:
                     maps["saliency"] = ops.saliency_reduce(input_grad)
+                if "input-x-gradient" in methods:
+                    maps["input-x-gradient"] = x * input_grad
                 if fullgrad:
                     maps["fullgrad"] = self._fullgrad_map(x, input_grad, biases, grads[len(grads) - len(biases):],
                                                           size)
@@ -372,6 +381,9 @@ class Explainer:
             method = SmoothGrad(Saliency(model), n_samples=o["n_samples"], stdev=o["stdev"],
                                 batch_size=o["batch_size"], seed=o["seed"])
             return ops.saliency_reduce(method.noisy_mean(x, target_t, abs=True))
+        if kind == "integrated-gradients":
+            return IntegratedGradients(model).attribute(x, target=target_t, baselines=o["baseline"], n_steps=o["n_steps"],
+                                                        method=o["method"], batch_size=o["batch_size"])
         model = TunedForward(model, kind) if self.tune else model
         if kind == "occlusion":
             return Occlusion(model).attribute(x, tuple(o["window"]), tuple(o["strides"]), baselines=o["baseline"],

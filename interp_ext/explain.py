@@ -421,6 +421,10 @@ def engine_options(options: dict[str, dict], settings: Settings, batch: int) -> 
         o = options["smoothgrad"]
         out["smoothgrad"] = {"n_samples": o["n_samples"], "stdev": o["stdev"], "seed": o["seed"],
                              "batch_size": registry.smoothgrad_chunk(ppe, batch)}
+    if "integrated-gradients" in options:  # a backward per path point, which keeps the activations: as smoothgrad
+        o = options["integrated-gradients"]
+        out["integrated-gradients"] = {"n_steps": o["n_steps"], "method": o["method"], "baseline": o["baseline"],
+                                       "batch_size": registry.smoothgrad_chunk(ppe, batch)}
     if "occlusion" in options:
         o = options["occlusion"]
         out["occlusion"] = {"window": tuple(o["window"]), "strides": tuple(o["strides"]), "baseline": o["baseline"],

@@ -32,6 +32,7 @@ class Settings:
     occlusion_window: int = 16
     occlusion_stride: int = 8
     smoothgrad_samples: int = 16
+    ig_steps: int = 32
     shapley_patch: int = 32
     shapley_samples: int = 8
     # perturbed copies per model call over the whole batch: the memory bound of occlusion,
@@ -39,7 +40,7 @@ class Settings:
     perturbations_per_eval: int = 64
 
     OPTIONS = {"occlusion_window": "--occlusion-window", "occlusion_stride": "--occlusion-stride",
-               "smoothgrad_samples": "--smoothgrad-samples", "shapley_patch": "--shapley-patch",
+               "smoothgrad_samples": "--smoothgrad-samples", "ig_steps": "--ig-steps", "shapley_patch": "--shapley-patch",
                "shapley_samples": "--shapley-samples", "perturbations_per_eval": "--perturbations-per-eval"}
 
     def check(self, input_size: int | None = None) -> "Settings":
@@ -98,6 +99,10 @@ def _smoothgrad_options(s: Settings) -> dict:
     return {"n_samples": s.smoothgrad_samples, "stdev": 0.15, "seed": 0, "abs": True}
 
 
+def _integrated_gradients_options(s: Settings) -> dict:
+    return {"n_steps": s.ig_steps, "method": "gausslegendre", "baseline": 0}
+
+
 def _occlusion_options(s: Settings) -> dict:
     return {"window": [3, s.occlusion_window, s.occlusion_window], "strides": [3, s.occlusion_stride, s.occlusion_stride],
             "baseline": 0}
@@ -126,6 +131,9 @@ METHODS: dict[str, Method] = {
     "scorecam": Method("heat", True, "Score-CAM: the score of the image masked by each channel of the layer"),
     "ablationcam": Method("heat", True, "Ablation-CAM: the score drop with each channel of the layer set to 0"),
     "fullgrad": Method("heat", False, "FullGrad: the input-gradient and every bias-gradient term"),
+    "input-x-gradient": Method("channels", False, "the input times its gradient (from the plain backward pass)"),
+    "integrated-gradients": Method("channels", False, "integrated gradients from the zero baseline (of the normalised "
+                                   "input), --ig-steps Gauss-Legendre points", _integrated_gradients_options),
 }
 DEFAULT_METHODS = engine.DEFAULT_METHODS  # the planner knows the same names (a test checks)
 

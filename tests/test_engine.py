@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+import interp_ext
 from interp_ext import (AblationCAM, Deconvolution, EigenCAM, EigenGradCAM, FullGrad, GradCAM, GradCAMPlusPlus,
                         GuidedBackprop, GuidedGradCAM, HiResCAM, LayerCAM, Occlusion, Saliency, ScoreCAM,
                         ShapleySampling, SmoothGrad, XGradCAM, grid_feature_mask, ops)
@@ -68,12 +69,18 @@ def standalone(model, method, x, t, layer="conv2", o=None):
         return AblationCAM(model, layer).attribute(x, target=t, batch_size=o.get("batch_size", 32)).maps[:, 0]
     if method == "fullgrad":
         return FullGrad(model).attribute(x, target=t).maps[:, 0]
+    if method == "input-x-gradient":
+        return interp_ext.InputXGradient(model).attribute(x, target=t)
+    if method == "integrated-gradients":
+        return interp_ext.IntegratedGradients(model).attribute(x, target=t, n_steps=o.get("n_steps", 32),
+                                                               batch_size=o.get("batch_size", 16))
     raise AssertionError(method)
 
 
 OPTIONS = {"smoothgrad": {"n_samples": 4, "batch_size": 3}, "occlusion": {"window": (3, 4, 4), "strides": (3, 2, 2),
            "perturbations_per_eval": 7}, "shapley": {"patch": 4, "n_samples": 3, "perturbations_per_eval": 5},
-           "scorecam": {"batch_size": 5}, "ablationcam": {"batch_size": 7}}
+           "scorecam": {"batch_size": 5}, "ablationcam": {"batch_size": 7},
+           "integrated-gradients": {"n_steps": 6, "batch_size": 4}}
 
 
 @pytest.mark.parametrize("target", [None, 2, [4, 0, 1]])
@@ -113,6 +120,7 @@ class Counter:
     (["eigengradcam", "gradcam", "fullgrad", "saliency"], ["forward", "backward:plain"], 1),
     (["scorecam", "eigencam"], ["forward", "scorecam"], 1 + 5),  # 2 images x 12 channels / 5
     (["ablationcam"], ["forward", "ablationcam"], 1),  # the copies run the graph after the layer, not the model
+    (["saliency", "input-x-gradient", "gradcam"], ["forward", "backward:plain"], 1),  # one input gradient for both
 ])
 def test_each_distinct_pass_runs_once(methods, passes, forwards):
     model = net()
