@@ -143,6 +143,17 @@ class LayerMethod:
     def __exit__(self, *exc):
         return False
 
+    def _layer_gradients(self, inputs: torch.Tensor, target, output_size: "OutputSize", normalize: bool, relu: bool):
+        """The checks of a gradient CAM's arguments, then one forward and one backward to
+        the target layers: (the maps' size, logits, activations, gradients)."""
+        check_inputs(inputs, model=self.model)
+        size = cam_output_size(output_size, inputs)
+        _check_flag(relu, "relu")
+        _check_flag(normalize, "normalize")
+        target_t = None if callable(target) else normalize_target(target, inputs.shape[0], inputs.device)
+        logits, acts, grads = layer_gradients(self.model, self.layers, inputs, lambda out: _scores(out, target, target_t))
+        return size, logits, acts, grads
+
 
 class _GradCAMBase(LayerMethod):
     variant = "gradcam"
@@ -172,12 +183,7 @@ class _GradCAMBase(LayerMethod):
         model in train mode gets every module's flag back afterwards, also on an error);
         it must return one tensor of scores (a tuple or dict is a ``TypeError``).
         """
-        check_inputs(inputs, model=self.model)
-        size = cam_output_size(output_size, inputs)
-        _check_flag(relu, "relu")
-        _check_flag(normalize, "normalize")
-        target_t = None if callable(target) else normalize_target(target, inputs.shape[0], inputs.device)
-        logits, acts, grads = layer_gradients(self.model, self.layers, inputs, lambda out: _scores(out, target, target_t))
+        size, logits, acts, grads = self._layer_gradients(inputs, target, output_size, normalize, relu)
         fused, maps = gradcam_maps(acts, grads, self.variant, size, normalize, relu)
         return CAMResult(fused, logits, {name: m for (name, _), m in zip(self.layers, maps)})
 

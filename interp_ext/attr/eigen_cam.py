@@ -21,9 +21,8 @@ from typing import Sequence, Union
 import torch
 
 from ..layers import LayerCapture
-from ._common import Target, check_inputs, in_eval_mode, model_output, normalize_target
-from .cam import CAMResult, OutputSize, ScoreFn, _check_flag, _scores, cam_output_size, finish_map, fuse_layer_maps
-from .cam import LayerMethod, layer_gradients
+from ._common import Target, check_inputs, in_eval_mode, model_output
+from .cam import CAMResult, LayerMethod, OutputSize, ScoreFn, _check_flag, cam_output_size, finish_map, fuse_layer_maps
 
 
 def principal_component_maps(x: torch.Tensor) -> torch.Tensor:
@@ -74,12 +73,7 @@ class EigenGradCAM(LayerMethod):
     def attribute(self, inputs: torch.Tensor, target: Union[Target, ScoreFn] = None, output_size: OutputSize = "input",
                   normalize: bool = True, relu: bool = True) -> CAMResult:
         """Maps ``(N, 1, H, W)`` for a batch; arguments as `GradCAM.attribute`."""
-        check_inputs(inputs, model=self.model)
-        size = cam_output_size(output_size, inputs)
-        _check_flag(relu, "relu")
-        _check_flag(normalize, "normalize")
-        target_t = None if callable(target) else normalize_target(target, inputs.shape[0], inputs.device)
-        logits, acts, grads = layer_gradients(self.model, self.layers, inputs, lambda out: _scores(out, target, target_t))
+        size, logits, acts, grads = self._layer_gradients(inputs, target, output_size, normalize, relu)
         maps = eigen_grad_maps(acts, grads, size, normalize, relu)
         return CAMResult(fuse_layer_maps(maps, size, normalize), logits,
                          {name: m for (name, _), m in zip(self.layers, maps)})
