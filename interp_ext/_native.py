@@ -3,8 +3,8 @@
 The library links against torch's C++ symbols, which change between torch's minor
 versions: under another torch it fails to load with an "undefined symbol" error, or
 loads and misbehaves. The wheel pins the torch it was built with (``torch==X.Y.*`` in its
-metadata); this checks the running torch against that pin first, and turns a failed load
-into an error that says what to do.
+metadata) and the library records it; after loading it, the running torch is checked
+against that record, and a failed load becomes an error that says what to do.
 """
 from __future__ import annotations
 
@@ -38,21 +38,22 @@ def running_torch() -> str:
     return ".".join(torch.__version__.split("+")[0].split(".")[:2])
 
 
-def check_torch(built: Optional[str] = None) -> None:
-    """An ImportError before the library loads when the running torch is not the minor
-    version it was built for."""
-    built = built if built is not None else built_for_torch()
+def check_torch(built: Optional[str]) -> None:
+    """An ImportError when the running torch is not the minor version ``built`` (None:
+    unknown, not checked)."""
     if built is not None and built != running_torch():
         raise ImportError(f"interp_ext was built for torch {built}.*, but torch {torch.__version__} is installed: "
                           f"install torch=={built}.* or {_REBUILD}")
 
 
 def load() -> None:
-    check_torch()
+    """Load the library, then check the torch it records having been built with (the
+    metadata is read only when the load fails: it costs ~40 ms at every import)."""
     try:
-        importlib.import_module("interp_ext._C")
+        native = importlib.import_module("interp_ext._C")
     except ImportError as e:
         built = built_for_torch()
         which = f"built for torch {built}.*" if built else "built for another torch, or not built"
         raise ImportError(f"interp_ext's native library did not load ({e}); it was {which} and torch "
                           f"{torch.__version__} is installed: {_REBUILD}") from e
+    check_torch(".".join(native._native_build_info()["torch"].split("+")[0].split(".")[:2]))

@@ -46,11 +46,14 @@ def test_section_is_replaced_and_the_rest_kept(tmp_path):
 
 
 def test_the_suite_leaves_benchmarks_md_alone_unless_asked(tmp_path, monkeypatch):
+    rewritten = []
+    real = run_all.replace_section
+    monkeypatch.setattr(run_all, "replace_section", lambda path, *a: rewritten.append(path) or real(path, *a))
     md = BENCH.parent / "BENCHMARKS.md"
     before = md.read_text()
     assert run_all.main(["--from-results", "--device", "cpu", "--out", str(BENCH / "results")]) == 0
-    assert md.read_text() == before
+    assert rewritten == [] and md.read_text() == before
     target = tmp_path / "B.md"
     target.write_text("# mine\n")
     assert run_all.main(["--from-results", "--device", "cpu", "--benchmarks-md", str(target)]) == 0
-    assert "interp-ext bench" in target.read_text() and target.read_text().startswith("# mine")
+    assert rewritten == [target] and "interp-ext bench" in target.read_text() and target.read_text().startswith("# mine")

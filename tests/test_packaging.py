@@ -1,6 +1,7 @@
 """What an installed wheel promises: the torch it was built for is pinned and checked
 before the native library loads; every optional dependency names the extra that installs
 it, and the extras in pyproject.toml hold those packages; `interp-ext --version`."""
+import re
 import subprocess
 import sys
 import tomllib
@@ -22,7 +23,24 @@ def test_a_torch_other_than_the_builds_is_refused_with_what_to_do():
     assert "built for torch 2.13.*" in message and torch.__version__ in message
     assert "pip install --force-reinstall --no-build-isolation interp_ext" in message
     _native.check_torch(built=_native.running_torch())  # the same minor version passes
-    _native.check_torch(built=None)  # a checkout without metadata is not checked
+    _native.check_torch(built=None)  # unknown: not checked
+
+
+def test_the_import_checks_the_torch_the_library_records(monkeypatch):
+    built = ".".join(interp_ext.build_info()["torch"].split("+")[0].split(".")[:2])
+    _native.load()  # the torch it was built with: loads
+    monkeypatch.setattr(_native, "running_torch", lambda: "1.0")
+    with pytest.raises(ImportError, match=rf"built for torch {re.escape(built)}\.\*"):
+        _native.load()
+
+
+def test_a_library_that_does_not_load_says_what_to_do(monkeypatch):
+    def broken(name):
+        raise ImportError("_C.so: undefined symbol: _ZN5torch8autograd13_wrap_outputs")
+
+    monkeypatch.setattr(_native.importlib, "import_module", broken)
+    with pytest.raises(ImportError, match="native library did not load .*undefined symbol.*reinstall interp_ext"):
+        _native.load()
 
 
 def test_the_installed_metadata_pins_the_torch_the_library_was_built_with():
