@@ -86,6 +86,13 @@ TORCH_LIBRARY(interp_ext, m) {
   m.def(
       "regularize_step_(Tensor(a!) x, Tensor grad, float lr, float decay=0.0, float grad_percentile=0.0, "
       "float norm_percentile=0.0, float contribution_percentile=0.0) -> ()");
+  // Incremental occlusion's read boxes: (K, C, h, w), output k the box of src[sample[k]]
+  // (N, C, H, W) whose top-left map coordinate is origin[k] (int64 (K, 2), may lie outside
+  // the map), pad_value outside the map, and patch[k] (K, C, ph, pw) spliced in at
+  // patch_origin[k] where it overlaps the box. Inference only.
+  m.def(
+      "patch_splice(Tensor src, Tensor sample, Tensor origin, int[] size, float pad_value=0.0, Tensor? patch=None, "
+      "Tensor? patch_origin=None) -> Tensor");
   // Simonyan et al. saliency map: max over channels of |grad|, (N, C, H, W) -> (N, H, W).
   m.def("saliency_reduce(Tensor grad) -> Tensor");
 }
@@ -108,7 +115,7 @@ TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
                            "occlusion_batch.out", "occlusion_batch_at", "occlusion_batch_at.out",
                            "occlusion_accumulate", "feature_batch",
                            "feature_batch.out", "separable_filter", "separable_filter.out", "separable_filter_backward",
-                           "total_variation", "total_variation_backward", "regularize_step_"}) {
+                           "total_variation", "total_variation_backward", "regularize_step_", "patch_splice"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cuda_not_compiled>());
   }
 }

@@ -292,3 +292,36 @@ def _regularize_step_fake(x, grad, lr, decay=0.0, grad_percentile=0.0, norm_perc
     torch._check(x.dim() == 4, lambda: f"regularize_step_: x must be (N, C, H, W), got shape {list(x.shape)}")
     torch._check(grad.shape == x.shape, lambda: f"regularize_step_: grad must have x's shape, dtype and device, got {list(grad.shape)}")
     return None
+
+
+@torch.library.register_fake("interp_ext::patch_splice")
+def _patch_splice_fake(src, sample, origin, size, pad_value=0.0, patch=None, patch_origin=None):
+    op = "patch_splice"
+    _check_floating(op, "src", src)
+    torch._check(src.dim() == 4, lambda: f"{op}: src must be (N, C, H, W), got shape {list(src.shape)}")
+    torch._check(
+        sample.dtype == torch.int64 and sample.dim() == 1,
+        lambda: f"{op}: sample must be an int64 (K,) tensor (the src image of each output), got {sample.dtype} of shape {list(sample.shape)}",
+    )
+    k = sample.shape[0]
+    for arg, t in (("origin", origin), ("patch_origin", patch_origin)):
+        if t is not None:
+            torch._check(
+                t.dtype == torch.int64 and t.dim() == 2 and t.shape[0] == k and t.shape[1] == 2,
+                lambda: f"{op}: {arg} must be an int64 (K, 2) tensor of (row, column) with K = {k}, got {t.dtype} of shape {list(t.shape)}",
+            )
+    torch._check(
+        len(size) == 2 and size[0] >= 0 and size[1] >= 0,
+        lambda: f"{op}: size must be two non-negative ints (h, w), got {list(size)}",
+    )
+    torch._check((patch is None) == (patch_origin is None), lambda: f"{op}: patch and patch_origin must be given together")
+    if patch is not None:
+        torch._check(
+            patch.dtype == src.dtype and patch.device == src.device,
+            lambda: f"{op}: patch must have src's dtype and device, got {patch.dtype} on {patch.device}",
+        )
+        torch._check(
+            patch.dim() == 4 and patch.shape[0] == k and patch.shape[1] == src.shape[1],
+            lambda: f"{op}: patch must be (K, C, ph, pw) with K = {k} and C = {src.shape[1]}, got shape {list(patch.shape)}",
+        )
+    return src.new_empty((k, src.shape[1], size[0], size[1]))

@@ -192,6 +192,27 @@ Padding = Literal["reflect", "replicate", "zeros"]
 SigmaLike = Union[float, Sequence[float], torch.Tensor]
 
 
+def patch_splice(
+    src: torch.Tensor,
+    sample: torch.Tensor,
+    origin: torch.Tensor,
+    size: Sequence[int],
+    pad_value: float = 0.0,
+    patch: Optional[torch.Tensor] = None,
+    patch_origin: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Boxes ``(K, C, h, w)`` read from ``src (N, C, H, W)``: box ``k`` is image
+    ``sample[k]`` from map row/column ``origin[k]`` (int64 ``(K, 2)``; it may start
+    outside the map), ``pad_value`` where it leaves the map, and ``patch[k]``
+    (``(K, C, ph, pw)``, its top-left at ``patch_origin[k]``) spliced in where they
+    overlap. Incremental occlusion's one gather per layer: the un-occluded activation
+    with each window's changed patch, padded as the layer pads. Each output element is
+    written once. Inference only."""
+    return _ops.patch_splice.default(
+        src, sample, origin, [int(v) for v in size], float(pad_value), patch, patch_origin
+    )
+
+
 def gaussian_kernel_size(sigma: float) -> int:
     """The default kernel size for a Gaussian of standard deviation `sigma`: the odd
     size 2 * ceil(3 sigma) + 1, which covers +-3 sigma (99.7% of the mass)."""

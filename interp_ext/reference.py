@@ -195,6 +195,26 @@ def feature_batch(x: torch.Tensor, baseline: torch.Tensor, feature_mask: torch.T
     return torch.cat([torch.where(row[ids], x, base) for row in present]) if len(present) else x.new_empty((0, *x.shape[1:]))
 
 
+def patch_splice(src, sample, origin, size, pad_value=0.0, patch=None, patch_origin=None) -> torch.Tensor:
+    """Per-element definition of ops.patch_splice, by coordinates."""
+    n, c, hh, ww = src.shape
+    h, w = size
+    ys = origin[:, 0, None] + torch.arange(h, device=src.device)  # (K, h) map rows
+    xs = origin[:, 1, None] + torch.arange(w, device=src.device)  # (K, w)
+    yy, xx = ys[:, :, None].expand(-1, h, w), xs[:, None, :].expand(-1, h, w)
+    in_map = (yy >= 0) & (yy < hh) & (xx >= 0) & (xx < ww)
+    k = torch.arange(sample.shape[0], device=src.device)[:, None, None].expand(-1, h, w)
+    out = src[sample[k], :, yy.clamp(0, hh - 1), xx.clamp(0, ww - 1)]  # (K, h, w, C)
+    if patch is not None:
+        ph, pw = patch.shape[2:]
+        py, px = yy - patch_origin[:, 0, None, None], xx - patch_origin[:, 1, None, None]
+        in_patch = (py >= 0) & (py < ph) & (px >= 0) & (px < pw) & in_map
+        spliced = patch[k, :, py.clamp(0, max(ph - 1, 0)), px.clamp(0, max(pw - 1, 0))] if ph and pw else out
+        out = torch.where(in_patch[..., None], spliced, out)
+    out = torch.where(in_map[..., None], out, torch.full((), pad_value, dtype=src.dtype, device=src.device))
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
 def border_indices(n: int, left: int, right: int, padding: str) -> torch.Tensor:
     """Input coordinate of each position of an axis padded by (left, right); -1 = zero."""
     j = torch.arange(-left, n + right)

@@ -1,0 +1,86 @@
+// CPU kernel of patch_splice: the read boxes of incremental occlusion. Output plane
+// (k, c) is the box of src[sample[k], c] at origin[k], the padding value outside the map
+// and patch[k, c] spliced in where it lies. Each output row is five runs (pad, map,
+// patch, map, pad): memcpy and fill, every element written once.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "../kernels/patch_splice.h"
+#include "../patch_splice.h"
+
+namespace interp_ext {
+namespace {
+
+template <typename scalar_t>
+void splice_planes(const at::Tensor& src, const int64_t* sample, const int64_t* origin, const at::Tensor* patch,
+                   const int64_t* patch_origin, scalar_t pad, at::Tensor& out) {
+  const int64_t C = src.size(1), H = src.size(2), W = src.size(3);
+  const int64_t h = out.size(2), w = out.size(3);
+  const int64_t ph = patch ? patch->size(2) : 0, pw = patch ? patch->size(3) : 0;
+  const scalar_t* sp = src.const_data_ptr<scalar_t>();
+  const scalar_t* pp = patch ? patch->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  const int64_t planes = out.size(0) * C;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, h * w));
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t k = plane / C, c = plane % C;
+      const int64_t oy = origin[2 * k], ox = origin[2 * k + 1];
+      const int64_t py = patch ? patch_origin[2 * k] : 0, px = patch ? patch_origin[2 * k + 1] : 0;
+      const scalar_t* map = sp + (sample[k] * C + c) * H * W;
+      const scalar_t* pat = pp ? pp + plane * ph * pw : nullptr;
+      scalar_t* dst = op + plane * h * w;
+      for (int64_t i = 0; i < h; ++i, dst += w) {
+        const int64_t y = oy + i;
+        if (y < 0 || y >= H) {
+          std::fill(dst, dst + w, pad);
+          continue;
+        }
+        const SpliceRow r = splice_row(ox, w, W, pat && y >= py && y < py + ph, px, pw);
+        // offsets added as one in-range sum: ox alone may point outside the row
+        const scalar_t* row = map + y * W;
+        std::fill(dst, dst + r.xa, pad);
+        std::copy(row + (ox + r.xa), row + (ox + r.pa), dst + r.xa);
+        if (r.pb > r.pa) {
+          const scalar_t* prow = pat + (y - py) * pw;
+          std::copy(prow + (ox + r.pa - px), prow + (ox + r.pb - px), dst + r.pa);
+        }
+        std::copy(row + (ox + r.pb), row + (ox + r.xb), dst + r.pb);
+        std::fill(dst + r.xb, dst + w, pad);
+      }
+    }
+  });
+}
+
+at::Tensor patch_splice_cpu(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin,
+                            c10::IntArrayRef size, double pad_value, const c10::optional<at::Tensor>& patch,
+                            const c10::optional<at::Tensor>& patch_origin) {
+  check_patch_splice_args(src, sample, origin, size, patch, patch_origin);
+  at::Tensor out = patch_splice_output(src, sample, size);
+  if (out.numel() == 0) return out;
+  const at::Tensor src_ = src.contiguous(), sample_ = sample.contiguous(), origin_ = origin.contiguous();
+  at::Tensor patch_, porigin_;
+  if (patch.has_value()) {
+    patch_ = patch->contiguous();
+    porigin_ = patch_origin->contiguous();
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src_.scalar_type(), "patch_splice_cpu", [&] {
+    splice_planes<scalar_t>(src_, sample_.const_data_ptr<int64_t>(), origin_.const_data_ptr<int64_t>(),
+                            patch.has_value() ? &patch_ : nullptr,
+                            patch.has_value() ? porigin_.const_data_ptr<int64_t>() : nullptr,
+                            static_cast<scalar_t>(pad_value), out);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(interp_ext, CPU, m) { m.impl("patch_splice", &patch_splice_cpu); }
+
+}  // namespace interp_ext
