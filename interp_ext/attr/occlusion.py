@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import incremental as _incremental
 from .. import ops
 from ._common import Target, check_finite, check_inputs, in_eval_mode, model_output, normalize_target, resolve_target
 
@@ -91,6 +92,17 @@ def _upsample_window_scores(coarse: torch.Tensor, shape, window, stride, coarse_
     return grid.reshape(n, -1).to(coarse.dtype), exact.reshape(-1)
 
 
+def _worth_tracing(model: nn.Module) -> bool:
+    """Whether the default (``incremental=None``) traces the model: only one with a
+    convolution can gain, and tracing runs ``forward`` once with proxies (a Python side
+    effect in it, such as a counter, sees them), and the planned batches run the graph,
+    not ``forward``, so hooks on the model would not see them: a model with hooks runs
+    in full unless asked."""
+    modules = list(model.modules())
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return not hooked and any(isinstance(m, nn.Conv2d) for m in modules)
+
+
 class Occlusion:
     """Slide a window over each image, replace it by a baseline, and attribute to every
     element the mean drop of the target score over the windows that cover it.
@@ -115,6 +127,8 @@ class Occlusion:
         perturbations_per_eval: int = 64,
         show_progress: bool = False,
         refine: Optional[float] = None,
+        incremental: Optional[bool] = None,
+        field_threshold: Optional[float] = None,
     ) -> torch.Tensor:
         """Input-shaped attributions.
 
@@ -131,6 +145,24 @@ class Occlusion:
         Model calls drop from P to P_coarse + refine * P; the map is exact where the
         effect is large and interpolated elsewhere (BENCHMARKS.md gives measured time
         and SSIM against the exact map).
+
+        ``incremental``: an occluded copy differs from the image only inside its window,
+        so each layer needs to recompute only the region the window reaches. ``True``
+        computes every copy that way from the clean image's activations (the model's
+        graph is traced once with ``torch.fx`` and planned per input shape, window and
+        stride; convolutions, pooling, padding, element-wise ops, eval-mode batch norm,
+        residual adds and channel concatenations are planned, anything else and
+        everything after it runs in full); the map equals full re-inference's to
+        rounding. ``False`` runs the model on whole copies. ``None`` (default) is
+        incremental when the model can be planned and the plan saves at least 1.2x the
+        multiply-adds (`incremental_plan` reports it). A model that takes
+        ``additional_forward_args`` runs in full.
+
+        ``field_threshold``: approximate, opt-in (Krypton's projective-field
+        thresholding): the changed region of every layer is capped at this fraction
+        (0, 1] of the map's side, centred on the window; changes outside it are ignored.
+        Faster where the exact region grows to the whole map (BENCHMARKS.md gives the
+        speed-up and SSIM against the exact map). Implies ``incremental``.
         """
         check_inputs(inputs, min_dim=4, model=self.model)
         if inputs.dim() != 4:
@@ -152,6 +184,13 @@ class Occlusion:
             raise ValueError(f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}")
         if refine is not None and (isinstance(refine, bool) or not isinstance(refine, (int, float)) or not 0 < refine <= 1):
             raise ValueError(f"refine must be a fraction in (0, 1] or None, got {refine!r}")
+        if incremental is not None and not isinstance(incremental, bool):
+            raise ValueError(f"incremental must be True, False or None, got {incremental!r}")
+        if field_threshold is not None:
+            if isinstance(field_threshold, bool) or not isinstance(field_threshold, (int, float)) or not 0 < field_threshold <= 1:
+                raise ValueError(f"field_threshold must be a fraction in (0, 1] or None, got {field_threshold!r}")
+            if incremental is False:
+                raise ValueError("field_threshold caps the changed regions of incremental inference: it needs incremental=True or None, got incremental=False")
         base = _baseline(baselines, inputs)
         target_t = normalize_target(target, n, inputs.device)
         x = inputs.detach().contiguous()
@@ -159,46 +198,82 @@ class Occlusion:
         coarse_stride = tuple(s * -(-wd // s) for s, wd in zip(stride, window))
 
         with torch.inference_mode():  # forward only: no autograd records, no version counters
-            clean = model_output(self.model(x, *_expand_args(additional_forward_args, n, 1)))
+            plan, grid = None, None
+            if incremental or field_threshold is not None or (incremental is None and _worth_tracing(self.model)):
+                plan, grid, reason = self._plan(x, window, stride, field_threshold, additional_forward_args)
+                if plan is not None and incremental is None and field_threshold is None and plan.flop_ratio < 1.2:
+                    plan = None  # not worth it: full copies
+                if plan is None and (incremental or field_threshold is not None):
+                    raise ValueError(f"incremental: this model cannot be planned: {reason}")
+            if plan is not None:
+                clean, kept = plan.clean_run(x)
+                clean = model_output(clean)
+            else:
+                clean = model_output(self.model(x, *_expand_args(additional_forward_args, n, 1)))
             idx = resolve_target(target_t, clean)
             clean_score = clean.gather(1, idx[:, None])[:, 0]
             # one buffer for every chunk: on CPU a fresh 100s-of-MB batch per chunk costs page faults
-            buffer = torch.empty((min(perturbations_per_eval, total) * n, c, h, w), dtype=x.dtype, device=x.device)
+            buffer = None if plan is not None else torch.empty(
+                (min(perturbations_per_eval, total) * n, c, h, w), dtype=x.dtype, device=x.device)
+            samples_of = torch.arange(n, device=x.device)
 
-            def score_drops(count_total: int, build, desc: str) -> torch.Tensor:
+            def outputs(ids: torch.Tensor, stride_: tuple) -> torch.Tensor:
+                """Scores of the copies occluding window ids[j, n] of image n (row j N + n)."""
+                count = ids.shape[0]
+                if plan is None:
+                    batch = ops.occlusion_batch_at(x, base, window, stride_, ids, out=buffer[: count * n])
+                    return model_output(self.model(batch, *_expand_args(additional_forward_args, n, count)))
+                coarse_plan, coarse_grid = (plan, grid) if stride_ == stride else self._plan(
+                    x, window, stride_, field_threshold, None)[:2]
+                windows, samples = ids.reshape(-1), samples_of.repeat(count)
+                patches = _incremental.input_patches(coarse_plan, coarse_grid, x, base, windows, samples)
+                return model_output(coarse_plan.run(kept, windows, samples, patches))
+
+            def score_drops(count_total: int, ids_of, stride_: tuple, desc: str) -> torch.Tensor:
                 """(N, count_total) clean score minus the score of each occluded copy."""
                 diffs = torch.empty(n, count_total, dtype=clean_score.dtype, device=x.device)
                 starts = range(0, count_total, perturbations_per_eval)
                 for start in tqdm(starts, desc=desc, unit="chunk", disable=not show_progress):
                     count = min(perturbations_per_eval, count_total - start)
-                    batch = build(start, count, buffer[: count * n])  # copy-major
-                    out = model_output(self.model(batch, *_expand_args(additional_forward_args, n, count)))
+                    out = outputs(ids_of(start, count), stride_)
                     scores = out.gather(1, idx.repeat(count)[:, None]).view(count, n)
                     diffs[:, start : start + count] = clean_score[:, None] - scores.t()
                 return diffs
 
+            def window_range(start: int, count: int) -> torch.Tensor:
+                return torch.arange(start, start + count, device=x.device)[:, None].expand(count, n)
+
             if refine is None or coarse_stride == stride:
-                diffs = score_drops(
-                    total, lambda s, k, o: ops.occlusion_batch(x, base, window, stride, s, k, out=o), "Occlusion"
-                )
+                diffs = score_drops(total, window_range, stride, "Occlusion")
             else:
                 coarse_total = ops.occlusion_window_count(shape, window, coarse_stride)
-                coarse = score_drops(
-                    coarse_total,
-                    lambda s, k, o: ops.occlusion_batch(x, base, window, coarse_stride, s, k, out=o),
-                    "Occlusion (coarse)",
-                )
+                coarse = score_drops(coarse_total, window_range, coarse_stride, "Occlusion (coarse)")
                 diffs, known = _upsample_window_scores(coarse, shape, window, stride, coarse_stride)
                 budget = min(math.ceil(refine * total), int((~known).sum()))
                 if budget > 0:
                     # the coarse windows are already exact: rank only the interpolated ones
                     chosen = diffs.abs().masked_fill(known, -1.0).topk(budget, dim=1).indices  # (N, k)
                     windows = chosen.t().contiguous()
-                    exact = score_drops(
-                        budget,
-                        lambda s, k, o: ops.occlusion_batch_at(x, base, window, stride, windows[s : s + k], out=o),
-                        "Occlusion (refine)",
-                    )
+                    exact = score_drops(budget, lambda s, k: windows[s : s + k], stride, "Occlusion (refine)")
                     diffs.scatter_(1, chosen, exact)
         # outside inference mode: the map is an ordinary tensor (a caller may use it in autograd)
         return ops.occlusion_accumulate(diffs.clone(), shape, window, stride).to(inputs.dtype)
+
+    def _plan(self, x, window, stride, field_threshold, additional_forward_args):
+        if additional_forward_args is not None:
+            return None, None, "additional_forward_args are not planned (the graph is traced with one input)"
+        return _incremental.plan_for(self.model, x, window, stride, field_threshold)
+
+    @in_eval_mode
+    def incremental_plan(self, inputs: torch.Tensor, sliding_window_shapes: Window, strides: Optional[Window] = None,
+                         field_threshold: Optional[float] = None):
+        """The incremental plan `attribute` would use for these arguments, or None and
+        the reason the model cannot be planned: ``(plan, reason)``. ``plan.flop_ratio``
+        is full re-inference's multiply-adds over the plan's; ``plan.report()`` lists
+        every node with the patch it recomputes."""
+        c = inputs.shape[1]
+        window = _triple(sliding_window_shapes, "sliding_window_shapes", c, c)
+        stride = _triple(1 if strides is None else strides, "strides", c, 1)
+        with torch.inference_mode():
+            plan, _, reason = self._plan(inputs.detach().contiguous(), window, stride, field_threshold, None)
+        return plan, reason

@@ -1,0 +1,91 @@
+"""Incremental occlusion for `attr.Occlusion`: the plan of a model for one window grid
+(cached per model, input shape, window, stride and field threshold) and the occluded
+input patches of a batch of copies."""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import fx, nn
+
+from .. import ops
+from .graph import capture
+from .plan import OcclusionPlan
+
+# model -> its captured graph (or why it has none) and its plans; dropped with the model
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """Captum's window grid over (C, H, W): window p spans [lo, hi) per dimension."""
+
+    lo: torch.Tensor  # (P, 3)
+    hi: torch.Tensor  # (P, 3)
+
+    @staticmethod
+    def of(shape, window, stride, device) -> "WindowGrid":
+        counts = [(d - w + s - 1) // s + 1 for d, w, s in zip(shape, window, stride)]
+        axes = torch.meshgrid(*[torch.arange(n, device=device) for n in counts], indexing="ij")
+        lo = torch.stack([a.reshape(-1) * s for a, s in zip(axes, stride)], 1)
+        hi = torch.minimum(lo + torch.tensor(window, device=device), torch.tensor(shape, device=device))
+        return WindowGrid(lo, hi)
+
+
+def plan_for(model: nn.Module, x: torch.Tensor, window, stride, field_threshold: Optional[float]
+             ) -> tuple[Optional[OcclusionPlan], Optional[WindowGrid], str]:
+    """The model's plan and window grid for occluding `x`-shaped inputs, or None and
+    the reason the model cannot be planned."""
+    entry = _CACHE.get(model)
+    if entry is None:
+        graph, reason = capture(model)
+        entry = {"graph": graph, "reason": reason, "plans": {}}
+        _CACHE[model] = entry
+    if entry["graph"] is None:
+        return None, None, entry["reason"]
+    key = (tuple(x.shape[1:]), x.dtype, x.device, tuple(window), tuple(stride), field_threshold)
+    if key not in entry["plans"]:
+        graph = entry["graph"]
+        values = _all_values(graph.module, graph.nodes, x[:1])
+        grid = WindowGrid.of(tuple(x.shape[1:]), window, stride, x.device)
+        boxes = ((grid.lo[:, 1], grid.hi[:, 1]), (grid.lo[:, 2], grid.hi[:, 2]))
+        entry["plans"][key] = (OcclusionPlan(graph, values, boxes, field_threshold), grid)
+    plan, grid = entry["plans"][key]
+    return plan, grid, ""
+
+
+def _all_values(module: fx.GraphModule, nodes, x: torch.Tensor) -> dict[fx.Node, Any]:
+    """Every node's value on one image: the shapes and constants the plan reads."""
+    from .plan import _call
+
+    env: dict[fx.Node, Any] = {}
+    for node in nodes:
+        if node.op == "placeholder":
+            env[node] = x
+        elif node.op != "output":
+            env[node] = _call(module, node, fx.node.map_arg(node.args, env.__getitem__),
+                              fx.node.map_arg(node.kwargs, env.__getitem__))
+    return env
+
+
+def input_patches(plan: OcclusionPlan, grid: WindowGrid, x: torch.Tensor, baseline: torch.Tensor,
+                  windows: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    """Each copy's input patch: image ``samples[k]`` around window ``windows[k]``, the
+    window (its channels and pixels) taken from the baseline."""
+    first = plan.nodes[plan.graph.nodes[0]]
+    origin = first.origin()[windows]
+    size = (first.rows.size, first.cols.size)
+    image = ops.patch_splice(x, samples, origin, size)
+    base_samples = samples if baseline.shape[0] == x.shape[0] else torch.zeros_like(samples)
+    base = ops.patch_splice(baseline, base_samples, origin, size)
+    lo, hi = grid.lo[windows], grid.hi[windows]  # (K, 3)
+    chan = torch.arange(x.shape[1], device=x.device)
+    rows = origin[:, 0, None] + torch.arange(size[0], device=x.device)
+    cols = origin[:, 1, None] + torch.arange(size[1], device=x.device)
+    inside_c = (chan >= lo[:, 0, None]) & (chan < hi[:, 0, None])
+    inside_r = (rows >= lo[:, 1, None]) & (rows < hi[:, 1, None])
+    inside_x = (cols >= lo[:, 2, None]) & (cols < hi[:, 2, None])
+    mask = inside_c[:, :, None, None] & inside_r[:, None, :, None] & inside_x[:, None, None, :]
+    return torch.where(mask, base, image)
