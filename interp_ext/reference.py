@@ -91,6 +91,7 @@ def gradcam(
     - xgradcam (Fu et al.): w_k = sum_ij G_kij A_kij / sum_ij A_kij (0 where the sum is 0)
     - layercam (Jiang et al.): map = sum_k relu(G_k) * A_k, element-wise
     - hirescam (Draelos & Carin): map = sum_k G_k * A_k, element-wise
+
     Computed in float32 (float64 for float64 inputs), returned in the input dtype.
     """
     acc = torch.promote_types(activations.dtype, torch.float32)
@@ -260,8 +261,9 @@ def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
 def regularize_step(x: torch.Tensor, grad: torch.Tensor, lr: float, decay: float = 0.0, grad_percentile: float = 0.0,
                     norm_percentile: float = 0.0, contribution_percentile: float = 0.0,
                     dtype: Optional[torch.dtype] = torch.float64) -> torch.Tensor:
-    """The Yosinski et al. step, out of place, in the op's order (see ops.regularize_step_),
-    computed in ``dtype`` (float64: the oracle; None: x's dtype, the eager baseline)."""
+    """The Yosinski et al. step, out of place, in the op's order (see
+    `interp_ext.ops.regularize_step_`), computed in ``dtype`` (float64: the oracle; None:
+    x's dtype, the eager baseline)."""
     n = x.shape[0]
     x, grad = x.to(dtype or x.dtype), grad.to(dtype or x.dtype)
 

@@ -139,6 +139,8 @@ DEFAULT_METHODS = engine.DEFAULT_METHODS  # the planner knows the same names (a 
 
 
 def parse_methods(spec: str) -> list[str]:
+    """The method names of a comma-separated ``--methods`` value, in order, duplicates
+    dropped. An unknown name, or none at all, is a ``ValueError`` listing the choices."""
     names = [m.strip() for m in spec.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:

@@ -42,6 +42,7 @@ class Execution:
 
     @property
     def channels_last(self) -> bool:
+        """Whether the pass runs in ``torch.channels_last``."""
         return self.memory_format == torch.channels_last
 
 
@@ -67,6 +68,8 @@ class Tuner:
         self.disk_key: Optional[str] = None  # where its measurements persist (see _disk_key)
 
     def next(self, limit: int) -> Execution:
+        """The execution for the next chunk of at most ``limit`` items: the first untried
+        candidate, else the fastest measured (`best`)."""
         pending = [c for c in candidates(limit, self.formats) if c not in self.seconds_per_item]
         if pending:
             return pending[0]
@@ -78,6 +81,10 @@ class Tuner:
         return min(measured, key=lambda tc: tc[0])[1] if measured else candidates(limit, self.formats)[0]
 
     def record(self, execution: Execution, items: int, seconds: float) -> None:
+        """Keep ``seconds / items`` as the time per item of ``execution`` (and save it to
+        the on-disk cache when the tuner has a key). Ignored for the first full chunk (the
+        warm-up), a chunk of fewer than ``execution.batch`` items, or an execution
+        already measured."""
         if items < execution.batch or execution in self.seconds_per_item:
             return
         if not self.warmed_up:
@@ -247,6 +254,9 @@ class TunedForward(nn.Module):
         self.model, self.kind = model, kind
 
     def forward(self, x: torch.Tensor, *args):
+        """``model(x, *args)``: in tuned chunks along the first dimension of ``x`` (outputs
+        concatenated) when there are no extra arguments and gradients are off, else one
+        plain call."""
         if args or torch.is_grad_enabled() or x.dim() == 0 or x.shape[0] == 0:
             return self.model(x, *args)
         step = lambda chunk, _: [model_output(self.model(chunk))]  # noqa: E731

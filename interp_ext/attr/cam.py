@@ -45,6 +45,9 @@ def _check_flag(value, name: str) -> None:
 
 
 def cam_output_size(output_size: OutputSize, inputs: torch.Tensor) -> Optional[tuple[int, int]]:
+    """The ``(H, W)`` a CAM map is resized to: the last two sizes of ``inputs`` for
+    ``"input"``, ``None`` (keep the layer's resolution) for ``None``, or ``(H, W)`` as ints.
+    Anything else, or a size that is not positive, is a ``ValueError``."""
     if output_size == "input":
         return (inputs.shape[-2], inputs.shape[-1])
     if output_size is None:
@@ -241,8 +244,15 @@ class CAM:
     @in_eval_mode
     def attribute(self, inputs: torch.Tensor, target: Target = None, output_size: OutputSize = "input",
                   normalize: bool = True) -> CAMResult:
-        """Maps for a batch from one forward pass; arguments as `GradCAM.attribute` (no
-        score functions). The model runs in eval mode, its flags restored afterwards."""
+        """Maps for a batch from one forward pass (no backward); arguments as
+        `GradCAM.attribute`, without score functions and ``relu``.
+
+        ``inputs`` (N, C, H, W): a finite batch in the model's dtype. ``target``: None
+        (each sample's top-1 class), an int, or one class per sample. Returns a
+        `CAMResult`: ``maps`` (N, 1, H', W') with (H', W') from ``output_size``, in [0, 1]
+        when ``normalize``; ``logits`` (N, num_classes); ``layer_maps`` with the one target
+        layer's map. A ``ValueError`` when the classifier's ``in_features`` differ from the
+        layer's channels. The model runs in eval mode, its flags restored afterwards."""
         check_inputs(inputs, model=self.model)
         size = cam_output_size(output_size, inputs)
         target_t = normalize_target(target, inputs.shape[0], inputs.device)
@@ -269,8 +279,13 @@ class GuidedGradCAM:
 
     @in_eval_mode
     def attribute(self, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
-        """Input-shaped maps for a batch of images; the model runs in eval mode (its flags
-        restored afterwards)."""
+        """Input-shaped maps for a batch of images: the guided-backprop gradient times the
+        Grad-CAM map of the same classes (a forward and a backward pass for each).
+
+        ``inputs`` (N, C, H, W): a finite batch in the model's dtype (another rank is a
+        ``ValueError``). ``target``: None (each sample's top-1 class), an int, or one class
+        per sample. Returns a signed tensor of the input's shape. The model runs in eval
+        mode (its flags restored afterwards)."""
         check_inputs(inputs, min_dim=4, model=self.model)
         if inputs.dim() != 4:
             raise ValueError(f"inputs must be images (N, C, H, W), got shape {tuple(inputs.shape)}")

@@ -36,6 +36,8 @@ class BackwardRule:
 
     @property
     def rule(self) -> str:
+        """The current rule: "plain", "guided" or "deconvnet"; setting anything else is a
+        ``ValueError``."""
         return self._rule
 
     @rule.setter

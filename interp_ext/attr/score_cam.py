@@ -35,6 +35,8 @@ CopyScore = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check_batch_size(batch_size, name: str = "batch_size") -> int:
+    """``batch_size`` back if it is a positive int (a bool is not), else a ``ValueError``
+    naming it as ``name``."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{name} must be a positive int (model calls of at most that many copies), got {batch_size!r}")
     return batch_size

@@ -26,6 +26,15 @@ class FeatureIndex:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def search(self, query_features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` nearest database rows of each query.
+
+        ``query_features`` (Q, ...): flattened per row to the database's feature size
+        (any device and floating dtype; searched as float32 on the CPU). ``k``: in
+        ``[1, database size]``, else a ``ValueError``. Returns ``(distances, indices)``,
+        both (Q, k), float32 and int64 CPU tensors, nearest first; distances are
+        Euclidean ("l2") or 1 - cosine similarity ("cosine"). An ``"ivfpq"`` index searches
+        only ``nprobe`` cells, so its answer is approximate (`recall_at_k` measures it),
+        and where those cells hold fewer than ``k`` rows FAISS pads with index -1."""
         if not 1 <= k <= self.size:
             raise ValueError(f"k must be in [1, {self.size}] (the database size), got {k}")
         d, i = self.index.search(self._prepare(query_features), k)

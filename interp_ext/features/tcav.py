@@ -32,6 +32,8 @@ class LayerTCAV:
 
     @property
     def significant(self) -> bool:
+        """Whether the concept's scores differ from the random ones at the 5% level
+        (``p_value < 0.05``)."""
         return self.p_value < 0.05
 
 

@@ -346,12 +346,18 @@ class Attribution:
 
     @property
     def multiplies_by_inputs(self) -> bool:
+        """Whether the attributions are multiplied by the inputs (minus the baselines),
+        Captum's flag for its metrics: False for the plain gradient methods."""
         return False
 
     def has_convergence_delta(self) -> bool:
+        """Whether ``attribute`` can also return a convergence delta
+        (``return_convergence_delta=True``)."""
         return False
 
     def attribute_future(self, *args: Any, **kwargs: Any) -> Any:
+        """`attribute` for a forward returning ``torch.futures.Future`` values; a
+        ``NotImplementedError`` except where a class overrides it (the Shapley methods)."""
         raise NotImplementedError(f"attribute_future is not implemented for {type(self).__name__}")
 
     @classmethod
@@ -388,8 +394,12 @@ class GradientAttribution(Attribution):
 
 
 class PerturbationAttribution(Attribution):
+    """Perturbation methods (occlusion, Shapley values): attributions are output changes,
+    so ``multiplies_by_inputs`` is True."""
+
     @property
     def multiplies_by_inputs(self) -> bool:
+        """True: a perturbation method's attributions already scale with the inputs."""
         return True
 
 

@@ -77,6 +77,10 @@ class Saliency(GradientAttribution):
     @public
     def attribute(self, inputs: TensorOrTuple, target: TargetType = None, abs: bool = True,
                   additional_forward_args: Any = None) -> TensorOrTuple:
+        """Gradients of the target output with respect to ``inputs`` (a tensor or a tuple
+        of tensors, batch first, floating point), absolute values with ``abs``; one
+        tensor per input, each of its input's shape (a tuple for a tuple). ``target`` and
+        ``additional_forward_args`` as in Captum."""
         xs, is_tuple = input_tuple(inputs)
         check_target(target, xs[0].shape[0])
         grads = input_gradients(self.forward_func, xs, target, args_tuple(additional_forward_args))
@@ -88,11 +92,14 @@ class InputXGradient(GradientAttribution):
 
     @property
     def multiplies_by_inputs(self) -> bool:
+        """True: the gradients are multiplied by the inputs."""
         return True
 
     @public
     def attribute(self, inputs: TensorOrTuple, target: TargetType = None,
                   additional_forward_args: Any = None) -> TensorOrTuple:
+        """``inputs * d target / d inputs`` for a tensor or a tuple of tensors (batch first,
+        floating point): one tensor per input, of its shape. Arguments as Captum's."""
         xs, is_tuple = input_tuple(inputs)
         check_target(target, xs[0].shape[0])
         grads = input_gradients(self.forward_func, xs, target, args_tuple(additional_forward_args))
@@ -122,15 +129,27 @@ class IntegratedGradients(GradientAttribution):
 
     @property
     def multiplies_by_inputs(self) -> bool:
+        """``multiply_by_inputs`` as given: whether the integral is multiplied by
+        ``inputs - baselines``."""
         return self._multiply_by_inputs
 
     def has_convergence_delta(self) -> bool:
+        """True: ``return_convergence_delta=True`` also returns the completeness error."""
         return True
 
     @public
     def attribute(self, inputs: TensorOrTuple, baselines: Baselines = None, target: TargetType = None,
                   additional_forward_args: Any = None, n_steps: int = 50, method: str = "gausslegendre",
                   internal_batch_size: Optional[int] = None, return_convergence_delta: bool = False):
+        """Integrated gradients of a tensor or a tuple of tensors (batch first, floating
+        point): one tensor per input, of its shape; with ``return_convergence_delta`` the
+        pair ``(attributions, delta)``, ``delta`` (N,) as `compute_convergence_delta`.
+
+        ``baselines``: None (zeros), a number, or a tensor of the input's shape or with a
+        batch of 1 (a tuple: one per input). ``n_steps`` points of ``method``;
+        ``internal_batch_size``: at most that many rows per forward (at least one point of
+        every sample, with a warning when smaller than the batch). Bad values raise
+        `CaptumArgumentError` naming the argument."""
         xs, is_tuple = input_tuple(inputs)
         bases = baselines_tuple(baselines, xs)
         check_baselines_like_inputs(xs, bases)
@@ -190,6 +209,9 @@ class _RectifierAttribution(GradientAttribution):
     @public
     def attribute(self, inputs: TensorOrTuple, target: TargetType = None,
                   additional_forward_args: Any = None) -> TensorOrTuple:
+        """The gradient of the target output with respect to ``inputs`` (a tensor or a
+        tuple of tensors, batch first, floating point) with every rectifier's backward
+        replaced by the class's rule: one tensor per input, of its shape."""
         xs, is_tuple = input_tuple(inputs)
         check_target(target, xs[0].shape[0])
         grads = input_gradients(self.forward_func, xs, target, args_tuple(additional_forward_args),
@@ -310,6 +332,11 @@ class LayerGradCam(LayerAttribution, GradientAttribution):
     def attribute(self, inputs: TensorOrTuple, target: TargetType = None, additional_forward_args: Any = None,
                   attribute_to_layer_input: bool = False, relu_attributions: bool = False,
                   attr_dim_summation: bool = True, grad_kwargs: Optional[dict] = None) -> TensorOrTuple:
+        """Grad-CAM maps at the layer's resolution for a batch: ``(N, 1, *spatial)`` per
+        layer tensor (``(N, C, *spatial)`` with ``attr_dim_summation=False``); a tuple when
+        the layer has several tensors. ``attribute_to_layer_input``: the layer's input
+        instead of its output. A `CaptumArgumentError` when the target does not depend
+        on the layer (unless ``grad_kwargs={"materialize_grads": True}``: zeros)."""
         xs, _ = input_tuple(inputs)
         check_target(target, xs[0].shape[0])
         grad_kwargs = dict(grad_kwargs or {})
@@ -345,6 +372,10 @@ class GuidedGradCam(GradientAttribution):
     @public
     def attribute(self, inputs: TensorOrTuple, target: TargetType = None, additional_forward_args: Any = None,
                   interpolate_mode: str = "nearest", attribute_to_layer_input: bool = False) -> TensorOrTuple:
+        """Guided Grad-CAM of a tensor or a tuple of tensors (batch first, floating point):
+        one tensor per input, of its shape (an empty tensor, with a warning, for an input
+        the map cannot be resized to). A layer with several tensors is a
+        `CaptumArgumentError`. Arguments as Captum's."""
         xs, is_tuple = input_tuple(inputs)
         check_target(target, xs[0].shape[0])
         check_differentiable(xs)
@@ -415,6 +446,11 @@ class _NeuronRectifierAttribution(GradientAttribution):
     @public
     def attribute(self, inputs: TensorOrTuple, neuron_selector: Any, additional_forward_args: Any = None,
                   attribute_to_neuron_input: bool = False) -> TensorOrTuple:
+        """The gradient of the selected neuron of ``layer`` (summed over the batch) with
+        respect to ``inputs``, rectifiers backward by the class's rule: one tensor per
+        input, of its shape. ``neuron_selector``: an int, a tuple of ints and slices
+        (slices summed) indexing the dimensions after the batch, or a function of the
+        layer's tensor(s); ``attribute_to_neuron_input``: select from the layer's input."""
         xs, is_tuple = input_tuple(inputs)
         check_differentiable(xs)
         leaves = _leaves(xs)

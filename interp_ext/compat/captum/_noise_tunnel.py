@@ -84,15 +84,23 @@ class NoiseTunnel(Attribution):
 
     @property
     def multiplies_by_inputs(self) -> bool:
+        """The wrapped method's ``multiplies_by_inputs``."""
         return self._multiply_by_inputs
 
     def has_convergence_delta(self) -> bool:
+        """Whether the wrapped method has a convergence delta."""
         return self.is_delta_supported
 
     @public
     def attribute(self, inputs: TensorOrTuple, nt_type: str = "smoothgrad", nt_samples: int = 5,
                   nt_samples_batch_size: Optional[int] = None, stdevs: Union[float, tuple[float, ...]] = 1.0,
                   draw_baseline_from_distrib: bool = False, **kwargs: Any):
+        """The wrapped method's attributions of ``inputs`` (a tensor or a tuple of tensors),
+        reduced over the noisy copies by ``nt_type``: one tensor per attribution the
+        method returns, of its shape; with ``return_convergence_delta=True`` (for a method
+        with a delta) the pair ``(attributions, deltas)``, one delta per noisy copy.
+        ``draw_baseline_from_distrib``: each copy takes a baseline drawn at random from the
+        given baselines (Captum's option). Bad values raise `CaptumArgumentError`."""
         xs, is_tuple = input_tuple(inputs)
         if nt_type not in NT_TYPES:
             raise CaptumArgumentError(f"nt_type must be one of {', '.join(NT_TYPES)}, got {nt_type!r}")

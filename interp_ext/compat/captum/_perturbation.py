@@ -211,6 +211,15 @@ class Occlusion(PerturbationAttribution):
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
     ) -> TensorOrTuple:
+        """Occlusion attributions of a tensor or a tuple of tensors (batch first): one
+        float32 tensor per input, of its shape.
+
+        ``sliding_window_shapes``: the window, one size per dimension after the batch (a
+        tuple of them for a tuple input); ``strides``: None (1), an int or a tuple per
+        dimension; ``baselines``: what a window is replaced by (None: zeros; a number or a
+        broadcastable tensor). ``perturbations_per_eval`` occluded copies per forward;
+        ``show_progress``: a tqdm bar on stderr. Bad values raise `CaptumArgumentError` /
+        `CaptumTypeError` naming the argument."""
         xs, is_tuple = input_tuple(inputs)
         windows = _per_input_shapes(sliding_window_shapes, xs, "sliding_window_shapes", allow_int=False)
         stride_list = _per_input_shapes(strides, xs, "strides", allow_int=True)
@@ -260,6 +269,7 @@ class Occlusion(PerturbationAttribution):
         return format_output(is_tuple, attributions)
 
     def attribute_future(self, *args: Any, **kwargs: Any) -> None:
+        """Not implemented for occlusion (as in Captum): a ``NotImplementedError``."""
         raise NotImplementedError("attribute_future is not implemented for Occlusion")
 
 
@@ -426,6 +436,13 @@ class ShapleyValueSampling(PerturbationAttribution):
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
     ) -> TensorOrTuple:
+        """Shapley value estimates of a tensor or a tuple of tensors (batch first): one
+        float32 tensor per input, of its shape, every element holding its feature's value.
+
+        ``feature_mask``: integer feature ids broadcastable to each input (ids shared across
+        a tuple's tensors); None: every element its own feature. ``baselines`` as in
+        `Occlusion`; ``n_samples`` random orders; ``perturbations_per_eval`` copies per
+        forward. Bad values raise `CaptumArgumentError` / `CaptumTypeError`."""
         return self._attribute(inputs, baselines, target, additional_forward_args, feature_mask, n_samples,
                                perturbations_per_eval, show_progress, allow_future=False)
 
@@ -672,6 +689,8 @@ class ShapleyValues(ShapleyValueSampling):
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
     ) -> TensorOrTuple:
+        """Exact Shapley values over every order of the features; arguments and result as
+        `ShapleyValueSampling.attribute` (without ``n_samples``)."""
         self._warn_if_large(inputs, feature_mask)
         return self._attribute(inputs, baselines, target, additional_forward_args, feature_mask, 1,
                                perturbations_per_eval, show_progress, allow_future=False)

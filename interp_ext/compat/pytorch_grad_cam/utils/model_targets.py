@@ -24,6 +24,8 @@ class ClassifierOutputTarget:
         self.category = category
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """``model_output[category]`` of one sample's (classes,) output; ``[:, category]``,
+        shape (N,), of a 2-D batch."""
         return _pick(model_output, self.category)
 
     def __repr__(self) -> str:
@@ -37,6 +39,7 @@ class ClassifierOutputSoftmaxTarget:
         self.category = category
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The probability of ``category``: a scalar for one sample, (N,) for a batch."""
         return _pick(torch.softmax(model_output, dim=-1), self.category)
 
 
@@ -48,6 +51,8 @@ class ClassifierOutputReST:
         self.category = category
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The score of ``category``: a scalar for one sample's (classes,) output, (N,) for a
+        batch."""
         batched = model_output.dim() > 1
         out = model_output if batched else model_output[None]
         labels = torch.full((out.shape[0],), self.category, dtype=torch.long, device=out.device)
@@ -62,6 +67,7 @@ class BinaryClassifierOutputTarget:
         self.category = category
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """``model_output`` for ``category`` 1, ``-model_output`` otherwise (same shape)."""
         return model_output * (1 if self.category == 1 else -1)
 
 
@@ -69,6 +75,7 @@ class SoftmaxOutputTarget:
     """All softmax probabilities (for methods that take a vector, such as EigenCAM)."""
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The softmax over the last dimension, of the output's shape."""
         return torch.softmax(model_output, dim=-1)
 
 
@@ -76,6 +83,7 @@ class RawScoresOutputTarget:
     """The raw output itself (for methods that take no gradient, such as EigenCAM)."""
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """``model_output`` unchanged."""
         return model_output
 
 
@@ -88,4 +96,6 @@ class SemanticSegmentationTarget:
         self.mask = torch.from_numpy(np.asarray(mask)) if not isinstance(mask, torch.Tensor) else mask
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """A scalar: class ``category``'s scores of a (classes, H, W) output summed over
+        ``mask`` (moved to the output's device)."""
         return (model_output[self.category, :, :] * self.mask.to(model_output.device)).sum()
