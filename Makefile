@@ -14,7 +14,7 @@ CMAKE_BUILD := build-cmake
 SANITIZE_BUILD := build-asan
 SANITIZE_LIB := $(abspath $(SANITIZE_BUILD))/libinterp_ext_ops.so
 
-.PHONY: all venv build cmake sanitize-build sanitize chromium test test-fast wheel-check demo bench clean
+.PHONY: all venv build cmake sanitize-build sanitize chromium test test-fast wheel-check demo bench docs clean
 all: build
 
 $(VENV)/.deps: requirements-dev.txt
@@ -76,6 +76,13 @@ wheel-check: $(VENV)/.deps
 
 demo: build
 	$(PY) -m interp_ext.demo --out out
+
+# The API reference from the docstrings (Sphinx autodoc + napoleon; docs/api/conf.py writes
+# one page per public module) in docs/_build/html/index.html. Autodoc imports interp_ext, so
+# the library is built first; -E re-reads every page (no warning hides in a stale cache)
+# and any warning fails the build.
+docs: build
+	$(PY) -m sphinx -b html -E -W --keep-going -q docs/api docs/_build/html
 
 bench: build
 	$(PY) benchmarks/run_all.py
