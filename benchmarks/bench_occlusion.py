@@ -7,9 +7,19 @@ torch and the model take in both processes.
 
     python benchmarks/bench_occlusion.py [--quick] [--models free,resnet18,vgg16] [--images N]
     python benchmarks/bench_occlusion.py --refine-study [--quick]
+    python benchmarks/bench_occlusion.py --incremental [--models resnet18,vgg16,lite0] [--strides 8,16]
+    python benchmarks/bench_occlusion.py --field-study [--quick]
 
 The refine study: the bundled EfficientNet-Lite0 on the two sample photos, exact map vs
 coarse-to-fine ``refine=`` fractions: time and SSIM against the exact map.
+
+--incremental: exact incremental inference (``incremental=True``) vs full re-inference
+(``incremental=False``) vs Captum, one process each, 1 image 224x224, window 16, on
+ResNet-18, VGG-16 (random weights) and the bundled model (``lite0``), beside the plan's
+multiply-add ratio; the maps are compared (max |diff| over the map's max).
+
+--field-study: ``field_threshold=`` (approximate) on ResNet-18 and the bundled model with
+the two sample photos: time and SSIM against the exact incremental map.
 """
 from __future__ import annotations
 
@@ -54,7 +64,9 @@ model = Timed(inner)
 x = torch.randn(images, 3, 224, 224)
 kw = dict(sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8), baselines=0.0, target=0, perturbations_per_eval=ppe)
 if which == "interp_ext":
-    run = lambda: interp_ext.Occlusion(model).attribute(x, **kw)
+    # whole copies, as Captum: this table measures the overhead outside the model (the
+    # Timed wrapper only sees whole copies); --incremental compares incremental inference
+    run = lambda: interp_ext.Occlusion(model).attribute(x, **kw, incremental=False)
 else:
     from captum.attr import Occlusion
     run = lambda: Occlusion(model).attribute(x, **kw)
@@ -72,6 +84,141 @@ torch.save(attr, sys.argv[6])
 print(json.dumps({"seconds": total, "model_seconds": model.seconds, "call_peak_mb": call_peak,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+
+
+INCREMENTAL_CHILD = r"""
+import json, re, resource, sys, time, warnings
+warnings.simplefilter("ignore")
+import torch
+torch.set_num_threads(int(sys.argv[5]))
+import interp_ext
+which, model_name, stride, ppe = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.manual_seed(0)
+if model_name == "lite0":
+    from interp_ext import models
+    model = models.load().model.eval()
+else:
+    import torchvision
+    model = getattr(torchvision.models, model_name)(weights=None).eval()
+x = torch.rand(1, 3, 224, 224) * 2 - 1
+kw = dict(sliding_window_shapes=(3, 16, 16), strides=(3, stride, stride), baselines=0.0, target=0,
+          perturbations_per_eval=ppe)
+ratio = None
+if which == "captum":
+    from captum.attr import Occlusion
+    run = lambda: Occlusion(model).attribute(x, **kw)
+else:
+    occ = interp_ext.Occlusion(model)
+    plan, _ = occ.incremental_plan(x, (3, 16, 16), (3, stride, stride))
+    ratio = plan.flop_ratio
+    run = lambda: occ.attribute(x, **kw, incremental=which == "incremental")
+def status_mb(field):
+    return int(re.search(field + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status_mb("VmRSS")
+start = time.perf_counter()
+with torch.no_grad():
+    attr = run()
+total = time.perf_counter() - start
+torch.save(attr, sys.argv[6])
+print(json.dumps({"seconds": total, "call_peak_mb": status_mb("VmHWM") - before, "flop_ratio": ratio}))
+"""
+
+
+def incremental_table(args) -> int:
+    import torch
+
+    rows = []
+    for model in args.models.split(","):
+        for stride in (int(s) for s in args.strides.split(",")):
+            r = {}
+            for which in ("incremental", "full", "captum"):
+                cmd = [sys.executable, "-c", INCREMENTAL_CHILD, which, model, str(stride), str(args.ppe), str(args.threads),
+                       f"/tmp/occ_inc_{which}.pt"]
+                res = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
+                if res.returncode != 0:
+                    raise RuntimeError(f"{which} on {model} failed:\n{res.stderr[-2000:]}")
+                r[which] = json.loads(res.stdout.strip().splitlines()[-1])
+            maps = {w: torch.load(f"/tmp/occ_inc_{w}.pt") for w in r}
+            scale = float(maps["full"].abs().max())
+            inc, full, cap = r["incremental"], r["full"], r["captum"]
+            row = {"model": model, "stride": stride, "windows": ((224 - 16 + stride - 1) // stride + 1) ** 2,
+                   "threads": args.threads, "flop_ratio": inc["flop_ratio"], "incremental_s": inc["seconds"],
+                   "full_s": full["seconds"], "captum_s": cap["seconds"],
+                   "vs_full": full["seconds"] / inc["seconds"], "vs_captum": cap["seconds"] / inc["seconds"],
+                   "of_flop_ratio": full["seconds"] / inc["seconds"] / inc["flop_ratio"],
+                   "incremental_call_mb": inc["call_peak_mb"], "full_call_mb": full["call_peak_mb"],
+                   "captum_call_mb": cap["call_peak_mb"],
+                   "max_diff_vs_full": float((maps["incremental"] - maps["full"]).abs().max()) / scale,
+                   "max_diff_vs_captum": float((maps["incremental"] - maps["captum"]).abs().max()) / scale}
+            rows.append(row)
+            print(f"[{model} stride {stride}] incremental {row['incremental_s']:.1f} s | full {row['full_s']:.1f} s | "
+                  f"captum {row['captum_s']:.1f} s | x{row['vs_full']:.2f} vs full, x{row['vs_captum']:.2f} vs captum "
+                  f"(plan {row['flop_ratio']:.2f}x: {row['of_flop_ratio']:.0%}) | max diff {row['max_diff_vs_full']:.1e}",
+                  flush=True)
+    payload = {"machine": common.machine("cpu"), "incremental": rows, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "torch": torch.__version__}
+    md = ("### Incremental occlusion (exact), 1 image 224x224, window (3,16,16), perturbations_per_eval "
+          f"{args.ppe}, {args.threads} thread(s), torch {torch.__version__}, " + payload["machine"]["cpu"] + "\n\n"
+          + common.md_table(rows, ["model", "stride", "windows", "threads", "flop_ratio", "incremental_s", "full_s",
+                                   "captum_s", "vs_full", "vs_captum", "of_flop_ratio", "incremental_call_mb",
+                                   "full_call_mb", "captum_call_mb", "max_diff_vs_full", "max_diff_vs_captum"]))
+    path = common.write(f"occlusion_incremental_cpu_{args.threads}thread", payload, md + "\n", args.out)
+    print(f"wrote {path} and its .json")
+    return 0
+
+
+def field_study(args) -> int:
+    import torch
+    import torchvision
+    from skimage.metrics import structural_similarity
+    from sklearn.datasets import load_sample_image
+
+    import interp_ext
+    from interp_ext import models
+
+    torch.set_num_threads(args.threads)
+    bundled = models.load()
+    photos = ["china.jpg", "flower.jpg"]
+    x = torch.stack([bundled.preprocess(load_sample_image(p)) for p in photos])
+    if args.quick:
+        x = torch.nn.functional.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False)
+    torch.manual_seed(0)
+    nets = {"lite0": bundled.model, "resnet18": torchvision.models.resnet18(weights=None).eval()}
+    kw = dict(sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8), perturbations_per_eval=args.ppe)
+    rows = []
+    for name, net in nets.items():
+        occ = interp_ext.Occlusion(net)
+
+        def timed(**extra):
+            start = time.perf_counter()
+            attr = occ.attribute(x, **kw, **extra)
+            return attr, time.perf_counter() - start
+
+        full, full_s = timed(incremental=False)
+        exact, exact_s = timed(incremental=True)
+        e2d = exact.sum(1).double().numpy()
+        rows.append({"model": name, "field_threshold": "exact", "seconds": exact_s, "vs_full": full_s / exact_s,
+                     "ssim_mean": 1.0, "ssim_min": 1.0})
+        for tau in (0.75, 0.5, 0.4, 0.3, 0.2):
+            attr, secs = timed(field_threshold=tau)
+            a2d = attr.sum(1).double().numpy()
+            ssim = [structural_similarity(e, a, data_range=float(e.max() - e.min())) for e, a in zip(e2d, a2d)]
+            plan, _ = occ.incremental_plan(x, (3, 16, 16), (3, 8, 8), field_threshold=tau)
+            rows.append({"model": name, "field_threshold": tau, "flop_ratio": plan.flop_ratio, "seconds": secs,
+                         "vs_full": full_s / secs, "ssim_mean": sum(ssim) / len(ssim), "ssim_min": min(ssim)})
+            print(f"{name} tau {tau}: {secs:.1f} s (x{full_s / secs:.2f} vs full), SSIM {rows[-1]['ssim_mean']:.3f} "
+                  f"(min {rows[-1]['ssim_min']:.3f})", flush=True)
+    payload = {"machine": common.machine("cpu"), "images": photos, "size": list(x.shape[2:]), "field": rows,
+               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__}
+    md = (f"### Occlusion field_threshold (approximate), {', '.join(photos)}, window (3,16,16), stride 8, "
+          f"{x.shape[2]}x{x.shape[3]}, {args.threads} thread(s), " + payload["machine"]["cpu"] + "\n\n"
+          + common.md_table(rows, ["model", "field_threshold", "flop_ratio", "seconds", "vs_full", "ssim_mean",
+                                   "ssim_min"]))
+    path = common.write(f"occlusion_field_cpu_{args.threads}thread", payload, md + "\n", args.out)
+    print(f"wrote {path} and its .json")
+    return 0
 
 
 def run_child(which: str, model: str, images: int, ppe: int, threads: int, out: Path) -> dict:
@@ -139,9 +286,18 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--refine-study", action="store_true", help="time and SSIM of refine= on the bundled model")
+    p.add_argument("--incremental", action="store_true", help="incremental vs full re-inference vs Captum")
+    p.add_argument("--strides", default="8,16", help="--incremental: comma list of strides (default 8,16)")
+    p.add_argument("--field-study", action="store_true", help="time and SSIM of field_threshold=")
     args = p.parse_args(argv)
     if args.refine_study:
         return refine_study(args)
+    if args.field_study:
+        return field_study(args)
+    if args.incremental:
+        if args.models == "free,resnet18":
+            args.models = "resnet18,vgg16,lite0"
+        return incremental_table(args)
     import torch
 
     models = ["free"] if args.quick else args.models.split(",")

@@ -93,6 +93,10 @@ TORCH_LIBRARY(interp_ext, m) {
   m.def(
       "patch_splice(Tensor src, Tensor sample, Tensor origin, int[] size, float pad_value=0.0, Tensor? patch=None, "
       "Tensor? patch_origin=None) -> Tensor");
+  // The same into `out` (K, C, h, w), any layout, sharing no memory with src or patch.
+  m.def(
+      "patch_splice.out(Tensor src, Tensor sample, Tensor origin, int[] size, float pad_value=0.0, Tensor? patch=None, "
+      "Tensor? patch_origin=None, *, Tensor(a!) out) -> ()");
   // Simonyan et al. saliency map: max over channels of |grad|, (N, C, H, W) -> (N, H, W).
   m.def("saliency_reduce(Tensor grad) -> Tensor");
 }
@@ -115,7 +119,7 @@ TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
                            "occlusion_batch.out", "occlusion_batch_at", "occlusion_batch_at.out",
                            "occlusion_accumulate", "feature_batch",
                            "feature_batch.out", "separable_filter", "separable_filter.out", "separable_filter_backward",
-                           "total_variation", "total_variation_backward", "regularize_step_", "patch_splice"}) {
+                           "total_variation", "total_variation_backward", "regularize_step_", "patch_splice", "patch_splice.out"}) {
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&cuda_not_compiled>());
   }
 }

@@ -72,4 +72,21 @@ inline at::Tensor patch_splice_output(const at::Tensor& src, const at::Tensor& s
   return at::empty({sample.size(0), src.size(1), size[0], size[1]}, src.options());
 }
 
+// out of patch_splice: (K, C, h, w) with src's dtype and device, sharing no memory with
+// the inputs. Returns where the kernel writes: out itself when contiguous, else a
+// temporary the caller copies back.
+inline at::Tensor patch_splice_destination(const at::Tensor& out, const at::Tensor& src, const at::Tensor& sample,
+                                           c10::IntArrayRef size, const c10::optional<at::Tensor>& patch) {
+  const char* op = "patch_splice";
+  TORCH_CHECK(out.dim() == 4 && out.size(0) == sample.size(0) && out.size(1) == src.size(1) && out.size(2) == size[0] &&
+                  out.size(3) == size[1],
+              op, ": out must be (K, C, h, w) = (", std::to_string(sample.size(0)), ", ", std::to_string(src.size(1)),
+              ", ", std::to_string(size[0]), ", ", std::to_string(size[1]), "), got ", shape_str(out));
+  TORCH_CHECK(out.scalar_type() == src.scalar_type() && out.device() == src.device(), op,
+              ": out must have src's dtype and device");
+  at::assert_no_overlap(out, src);
+  if (patch.has_value()) at::assert_no_overlap(out, *patch);
+  return out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
+}
+
 }  // namespace interp_ext

@@ -325,3 +325,12 @@ def _patch_splice_fake(src, sample, origin, size, pad_value=0.0, patch=None, pat
             lambda: f"{op}: patch must be (K, C, ph, pw) with K = {k} and C = {src.shape[1]}, got shape {list(patch.shape)}",
         )
     return src.new_empty((k, src.shape[1], size[0], size[1]))
+
+
+@torch.library.register_fake("interp_ext::patch_splice.out")
+def _patch_splice_out_fake(src, sample, origin, size, pad_value=0.0, patch=None, patch_origin=None, *, out):
+    want = _patch_splice_fake(src, sample, origin, size, pad_value, patch, patch_origin)
+    torch._check(
+        out.shape == want.shape,
+        lambda: f"patch_splice: out must be (K, C, h, w) = {tuple(want.shape)}, got {list(out.shape)}",
+    )

@@ -200,6 +200,8 @@ def patch_splice(
     pad_value: float = 0.0,
     patch: Optional[torch.Tensor] = None,
     patch_origin: Optional[torch.Tensor] = None,
+    *,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Boxes ``(K, C, h, w)`` read from ``src (N, C, H, W)``: box ``k`` is image
     ``sample[k]`` from map row/column ``origin[k]`` (int64 ``(K, 2)``; it may start
@@ -207,10 +209,12 @@ def patch_splice(
     (``(K, C, ph, pw)``, its top-left at ``patch_origin[k]``) spliced in where they
     overlap. Incremental occlusion's one gather per layer: the un-occluded activation
     with each window's changed patch, padded as the layer pads. Each output element is
-    written once. Inference only."""
-    return _ops.patch_splice.default(
-        src, sample, origin, [int(v) for v in size], float(pad_value), patch, patch_origin
-    )
+    written once. ``out=``: a ``(K, C, h, w)`` buffer to write into. Inference only."""
+    args = (src, sample, origin, [int(v) for v in size], float(pad_value), patch, patch_origin)
+    if out is None:
+        return _ops.patch_splice.default(*args)
+    _ops.patch_splice.out(*args, out=out)
+    return out
 
 
 def gaussian_kernel_size(sigma: float) -> int:

@@ -58,12 +58,11 @@ void splice_planes(const at::Tensor& src, const int64_t* sample, const int64_t* 
   });
 }
 
-at::Tensor patch_splice_cpu(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin,
-                            c10::IntArrayRef size, double pad_value, const c10::optional<at::Tensor>& patch,
-                            const c10::optional<at::Tensor>& patch_origin) {
-  check_patch_splice_args(src, sample, origin, size, patch, patch_origin);
-  at::Tensor out = patch_splice_output(src, sample, size);
-  if (out.numel() == 0) return out;
+// Writes validated arguments into a contiguous `dst` of the output's shape.
+void patch_splice_into(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin, double pad_value,
+                       const c10::optional<at::Tensor>& patch, const c10::optional<at::Tensor>& patch_origin,
+                       at::Tensor& dst) {
+  if (dst.numel() == 0) return;
   const at::Tensor src_ = src.contiguous(), sample_ = sample.contiguous(), origin_ = origin.contiguous();
   at::Tensor patch_, porigin_;
   if (patch.has_value()) {
@@ -74,13 +73,33 @@ at::Tensor patch_splice_cpu(const at::Tensor& src, const at::Tensor& sample, con
     splice_planes<scalar_t>(src_, sample_.const_data_ptr<int64_t>(), origin_.const_data_ptr<int64_t>(),
                             patch.has_value() ? &patch_ : nullptr,
                             patch.has_value() ? porigin_.const_data_ptr<int64_t>() : nullptr,
-                            static_cast<scalar_t>(pad_value), out);
+                            static_cast<scalar_t>(pad_value), dst);
   });
+}
+
+at::Tensor patch_splice_cpu(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin,
+                            c10::IntArrayRef size, double pad_value, const c10::optional<at::Tensor>& patch,
+                            const c10::optional<at::Tensor>& patch_origin) {
+  check_patch_splice_args(src, sample, origin, size, patch, patch_origin);
+  at::Tensor out = patch_splice_output(src, sample, size);
+  patch_splice_into(src, sample, origin, pad_value, patch, patch_origin, out);
   return out;
+}
+
+void patch_splice_out_cpu(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin,
+                          c10::IntArrayRef size, double pad_value, const c10::optional<at::Tensor>& patch,
+                          const c10::optional<at::Tensor>& patch_origin, at::Tensor& out) {
+  check_patch_splice_args(src, sample, origin, size, patch, patch_origin);
+  at::Tensor dst = patch_splice_destination(out, src, sample, size, patch);
+  patch_splice_into(src, sample, origin, pad_value, patch, patch_origin, dst);
+  if (!dst.is_same(out)) out.copy_(dst);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(interp_ext, CPU, m) { m.impl("patch_splice", &patch_splice_cpu); }
+TORCH_LIBRARY_IMPL(interp_ext, CPU, m) {
+  m.impl("patch_splice", &patch_splice_cpu);
+  m.impl("patch_splice.out", &patch_splice_out_cpu);
+}
 
 }  // namespace interp_ext

@@ -45,13 +45,11 @@ __global__ void patch_splice_kernel(const scalar_t* __restrict__ src, const int6
   }
 }
 
-at::Tensor patch_splice_cuda(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin,
-                             c10::IntArrayRef size, double pad_value, const c10::optional<at::Tensor>& patch,
-                             const c10::optional<at::Tensor>& patch_origin) {
-  check_patch_splice_args(src, sample, origin, size, patch, patch_origin);
+void patch_splice_into(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin, double pad_value,
+                       const c10::optional<at::Tensor>& patch, const c10::optional<at::Tensor>& patch_origin,
+                       at::Tensor& dst) {
   const c10::cuda::CUDAGuard guard(src.device());
-  at::Tensor out = patch_splice_output(src, sample, size);
-  if (out.numel() == 0) return out;
+  if (dst.numel() == 0) return;
   const at::Tensor src_ = src.contiguous(), sample_ = sample.contiguous(), origin_ = origin.contiguous();
   at::Tensor patch_, porigin_;
   if (patch.has_value()) {
@@ -60,19 +58,39 @@ at::Tensor patch_splice_cuda(const at::Tensor& src, const at::Tensor& sample, co
   }
   const bool has_patch = patch.has_value();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src_.scalar_type(), "patch_splice_cuda", [&] {
-    patch_splice_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    patch_splice_kernel<scalar_t><<<blocks_for(dst.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         src_.const_data_ptr<scalar_t>(), sample_.const_data_ptr<int64_t>(), origin_.const_data_ptr<int64_t>(),
         has_patch ? patch_.const_data_ptr<scalar_t>() : nullptr,
-        has_patch ? porigin_.const_data_ptr<int64_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), src_.size(1),
-        src_.size(2), src_.size(3), out.size(2), out.size(3), has_patch ? patch_.size(2) : 0,
-        has_patch ? patch_.size(3) : 0, static_cast<scalar_t>(pad_value), out.numel());
+        has_patch ? porigin_.const_data_ptr<int64_t>() : nullptr, dst.mutable_data_ptr<scalar_t>(), src_.size(1),
+        src_.size(2), src_.size(3), dst.size(2), dst.size(3), has_patch ? patch_.size(2) : 0,
+        has_patch ? patch_.size(3) : 0, static_cast<scalar_t>(pad_value), dst.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+}
+
+at::Tensor patch_splice_cuda(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin,
+                             c10::IntArrayRef size, double pad_value, const c10::optional<at::Tensor>& patch,
+                             const c10::optional<at::Tensor>& patch_origin) {
+  check_patch_splice_args(src, sample, origin, size, patch, patch_origin);
+  at::Tensor out = patch_splice_output(src, sample, size);
+  patch_splice_into(src, sample, origin, pad_value, patch, patch_origin, out);
   return out;
+}
+
+void patch_splice_out_cuda(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin,
+                           c10::IntArrayRef size, double pad_value, const c10::optional<at::Tensor>& patch,
+                           const c10::optional<at::Tensor>& patch_origin, at::Tensor& out) {
+  check_patch_splice_args(src, sample, origin, size, patch, patch_origin);
+  at::Tensor dst = patch_splice_destination(out, src, sample, size, patch);
+  patch_splice_into(src, sample, origin, pad_value, patch, patch_origin, dst);
+  if (!dst.is_same(out)) out.copy_(dst);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) { m.impl("patch_splice", &patch_splice_cuda); }
+TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
+  m.impl("patch_splice", &patch_splice_cuda);
+  m.impl("patch_splice.out", &patch_splice_out_cuda);
+}
 
 }  // namespace interp_ext

@@ -141,7 +141,7 @@ class Occlusion:
         ``refine``: coarse-to-fine. A first pass occludes non-overlapping windows (the
         smallest multiple of the stride that is at least the window); the other windows'
         scores are interpolated linearly between them, and only the ``refine`` fraction
-        of windows with the largest estimated |effect| is evaluated exactly, per image.
+        of windows with the largest estimated ``|effect|`` is evaluated exactly, per image.
         Model calls drop from P to P_coarse + refine * P; the map is exact where the
         effect is large and interpolated elsewhere (BENCHMARKS.md gives measured time
         and SSIM against the exact map).

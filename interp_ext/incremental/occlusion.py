@@ -27,6 +27,7 @@ class WindowGrid:
 
     @staticmethod
     def of(shape, window, stride, device) -> "WindowGrid":
+        """The windows of a (C, H, W) shape, counted and clipped as the occlusion ops do."""
         counts = [(d - w + s - 1) // s + 1 for d, w, s in zip(shape, window, stride)]
         axes = torch.meshgrid(*[torch.arange(n, device=device) for n in counts], indexing="ij")
         lo = torch.stack([a.reshape(-1) * s for a, s in zip(axes, stride)], 1)

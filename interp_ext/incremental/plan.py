@@ -34,6 +34,7 @@ class NodePlan:
     cost_incremental: float = 0.0
 
     def origin(self) -> torch.Tensor:
+        """(P, 2): each window's patch top-left (row, column) in the map."""
         return torch.stack((self.rows.origin, self.cols.origin), 1)
 
 
@@ -179,6 +180,7 @@ class OcclusionPlan:
         raise RuntimeError("graph without output")
 
     def input_origin(self) -> torch.Tensor:
+        """(P, 2): each window's input patch top-left (row, column) in the image."""
         return self.nodes[self.graph.nodes[0]].origin()
 
     def run(self, base: dict[fx.Node, Any], windows: torch.Tensor, samples: torch.Tensor,
