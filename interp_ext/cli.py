@@ -25,8 +25,9 @@ from .ranks import from_environment as ranks_env
 
 _EXPLAIN_TEXT = """\
 Explain many images: per image and method an overlay PNG and the raw map (.npy,
-float32), a record DIR/records/<hash>.json, then DIR/summary.json, DIR/index.html
-(an offline gallery) and DIR/gallery.png.
+float32) in DIR/images/<folders>/<image name without its suffix>/, a record
+DIR/records/<hash>.json, then DIR/summary.json, DIR/index.html (an offline
+gallery, in pages of 100 images; click a picture to enlarge it) and DIR/gallery.png.
 
 Images are read ahead of the model and written behind it in --workers threads each;
 memory stays flat on any number of images.
@@ -40,6 +41,17 @@ sharded across ranks and rank 0 writes the summary and the gallery.
 """
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Plain help text with "(default: ...)" after each option that has a value by default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and "(default" not in text
+                and action.default is not None and action.default is not False and action.default != argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp-ext", description="Fast CNN interpretability on batches of images.")
     parser.add_argument("--version", action="version", version=f"interp-ext {_version()}")
@@ -47,16 +59,18 @@ def _parser() -> argparse.ArgumentParser:
 
     d = job.ExplainConfig(inputs=(), out=Path("."))  # the defaults, shown as they resolve here
     st = d.settings
+    width = max(len(k) for k in registry.METHODS) + 2
+    methods_text = "methods (--methods):\n" + "\n".join(f"  {k:<{width}}{m.help}" for k, m in registry.METHODS.items())
     ex = sub.add_parser(
         "explain",
         help="attribution maps for many images: overlays, raw .npy maps, summary.json, index.html",
         description=_EXPLAIN_TEXT,
+        epilog=methods_text,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ex.add_argument("inputs", nargs="+", help="image files, folders (recursive) or .txt files listing paths")
-    ex.add_argument("--methods", default=",".join(registry.DEFAULT_METHODS),
-                    help="comma list of: " + ", ".join(f"{k} ({m.help})" for k, m in registry.METHODS.items())
-                    + f" (default: {','.join(registry.DEFAULT_METHODS)})")
+    ex.add_argument("--methods", default=",".join(registry.DEFAULT_METHODS), metavar="M1,M2,...",
+                    help=f"comma list of the methods listed below (default: {','.join(registry.DEFAULT_METHODS)})")
     ex.add_argument("--model", default=models.BUNDLED,
                     help=f"{models.BUNDLED} (bundled), a torchvision architecture with --weights, or module:function "
                     f"(default: {models.BUNDLED})")
@@ -99,42 +113,47 @@ def _parser() -> argparse.ArgumentParser:
 
     vis = sub.add_parser("visualize", help="feature visualisation: class, channel, dream, invert, fool -> PNGs")
     kinds = vis.add_subparsers(dest="kind", required=True)
+    shown = _DefaultsShown
 
-    def common(p: argparse.ArgumentParser, image: bool) -> None:
+    def common(p: argparse.ArgumentParser, image: bool, steps: int) -> None:
         if image:
             p.add_argument("images", nargs="+", type=Path, help="input image files")
         p.add_argument("--model", default=models.BUNDLED, help="as for explain")
         p.add_argument("--weights", help="state-dict file for a torchvision architecture")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         p.add_argument("--out", required=True, type=Path, help="output folder")
-        p.add_argument("--steps", type=int, help="optimisation steps (default per kind)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--quiet", action="store_true")
+        p.add_argument("--steps", type=int, help=f"optimisation steps (default: {steps})")
+        p.add_argument("--seed", type=int, default=0, help="random seed of the starting image and the jitter")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=_visualize)
 
-    k = kinds.add_parser("class", help="images that maximise class scores (regularised gradient ascent)")
+    k = kinds.add_parser("class", help="images that maximise class scores (regularised gradient ascent)",
+                         formatter_class=shown)
     k.add_argument("--target", required=True, help="comma list of class indices")
-    k.add_argument("--size", type=int, default=224)
-    k.add_argument("--lr", type=float, default=0.1)
-    common(k, image=False)
-    k = kinds.add_parser("channel", help="images that maximise a layer's channels (or their centre neuron)")
-    k.add_argument("--layer", required=True)
+    k.add_argument("--size", type=int, default=224, help="side of the image, in pixels")
+    k.add_argument("--lr", type=float, default=0.1, help="step size of the gradient ascent")
+    common(k, image=False, steps=200)
+    k = kinds.add_parser("channel", help="images that maximise a layer's channels (or their centre neuron)",
+                         formatter_class=shown)
+    k.add_argument("--layer", required=True, help="dotted module name")
     k.add_argument("--channel", required=True, help="comma list of channels")
     k.add_argument("--neuron", action="store_true", help="the centre neuron instead of the channel mean")
-    k.add_argument("--size", type=int, default=224)
-    k.add_argument("--lr", type=float, default=0.1)
-    common(k, image=False)
-    k = kinds.add_parser("dream", help="DeepDream: amplify what a layer sees in each image")
-    k.add_argument("--layer", required=True)
-    k.add_argument("--octaves", type=int, default=3)
-    common(k, image=True)
-    k = kinds.add_parser("invert", help="reconstruct each image from a layer's features (TV-regularised)")
-    k.add_argument("--layer", required=True)
-    k.add_argument("--tv-weight", type=float, default=1e-3)
-    common(k, image=True)
-    k = kinds.add_parser("fool", help="the smallest sign steps that make the model predict --target-class")
-    k.add_argument("--target-class", type=int, required=True)
-    common(k, image=True)
+    k.add_argument("--size", type=int, default=224, help="side of the image, in pixels")
+    k.add_argument("--lr", type=float, default=0.1, help="step size of the gradient ascent")
+    common(k, image=False, steps=200)
+    k = kinds.add_parser("dream", help="DeepDream: amplify what a layer sees in each image", formatter_class=shown)
+    k.add_argument("--layer", required=True, help="dotted module name")
+    k.add_argument("--octaves", type=int, default=3, help="scales, each 1.4x the last")
+    common(k, image=True, steps=20)
+    k = kinds.add_parser("invert", help="reconstruct each image from a layer's features (TV-regularised)",
+                         formatter_class=shown)
+    k.add_argument("--layer", required=True, help="dotted module name")
+    k.add_argument("--tv-weight", type=float, default=1e-3, help="weight of the total-variation regulariser")
+    common(k, image=True, steps=200)
+    k = kinds.add_parser("fool", help="the smallest sign steps that make the model predict --target-class",
+                         formatter_class=shown)
+    k.add_argument("--target-class", type=int, required=True, help="the class the model should predict")
+    common(k, image=True, steps=100)
 
     bench = sub.add_parser("bench", help="run the benchmark suite; write tables, a speed-up chart and BENCHMARKS.md")
     bench.add_argument("--quick", action="store_true", help="small shapes and short runs")
@@ -357,6 +376,9 @@ def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``interp-ext`` command: parse `argv` (default: ``sys.argv[1:]``), run the
+    subcommand and return its exit status (0 done, 1 nothing could be processed or a
+    run failed, 2 a bad argument)."""
     parser = _parser()
     args = parser.parse_args(argv)
     return args.func(args, parser)

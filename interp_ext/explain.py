@@ -29,6 +29,7 @@ the outcome of each phase, so a rank that fails makes every rank exit with its m
 from __future__ import annotations
 
 import collections
+import difflib
 import errno
 import hashlib
 import json
@@ -110,6 +111,9 @@ def default_workers() -> int:
 
 @dataclass
 class ExplainConfig:
+    """One ``interp-ext explain`` run as the command line gives it: the inputs, --out, the
+    methods and model, and every option (the defaults are the command's)."""
+
     inputs: Sequence[str]
     out: Path
     methods: Sequence[str] = DEFAULT_METHODS
@@ -136,6 +140,8 @@ class OutLock:
         self.fd: Optional[int] = None
 
     def acquire(self) -> "OutLock":
+        """Take the lock (writing who holds it into the file), or raise :class:`BusyError`
+        if another run holds it, :class:`ExplainError` if it cannot be created."""
         import fcntl
 
         name = display_name(self.out)
@@ -161,6 +167,7 @@ class OutLock:
         return self
 
     def release(self) -> None:
+        """Drop the lock (closing the file); nothing if it is not held."""
         if self.fd is not None:
             os.close(self.fd)  # closing the last descriptor drops the flock
             self.fd = None
@@ -200,8 +207,10 @@ class Prepared:
     execution: dict = field(default_factory=dict)  # recorded per image, not matched on resume: they change no map
     workers: int = 1
     lock: Optional[OutLock] = None
+    folders: dict = field(default_factory=dict)  # image key -> its output folder relative to --out
 
     def close(self) -> None:
+        """Release --out's lock (when this process holds it)."""
         if self.lock is not None:
             self.lock.release()
 
@@ -324,8 +333,9 @@ def load(checked: Checked) -> Prepared:
             raise ExplainError(str(e)) from None
     layer = None
     if any(METHODS[m].needs_layer for m in methods):
+        if config.layer is not None:
+            check_layer(loaded.model, config.layer, loaded.input_size)
         layer = config.layer or default_layer(loaded.name, loaded.model, loaded.input_size)
-        resolve_layers(loaded.model, layer)  # unknown name: an error with close matches
     options = registry.method_options(methods, config.settings)
     compute = BatchComputer(loaded.model, layer, device, methods, options, config.settings, tune=config.tune)
     model_config = _jsonable({
@@ -336,8 +346,61 @@ def load(checked: Checked) -> Prepared:
     method_configs = _jsonable({m: {"options": options[m], "layer": layer if METHODS[m].needs_layer else None}
                                 for m in methods})
     execution = {"batch_size": config.batch_size, "perturbations_per_eval": config.settings.perturbations_per_eval}
+    # chosen before any rank writes, so every rank reads the same records and finds the same folders
+    folders = writers.image_folders([image.key for image in checked.images], writers.recorded_folders(Path(config.out)))
     return Prepared(config, loaded, device, layer, methods, compute, labels, fixed, checked.images, checked.skipped,
-                    model_config, method_configs, execution, config.workers or default_workers(), checked.lock)
+                    model_config, method_configs, execution, config.workers or default_workers(), checked.lock,
+                    folders)
+
+
+def spatial_layers(model: torch.nn.Module, input_size: int) -> list[str]:
+    """The dotted names of the model's layers whose output is a (N, C, h, w) map, the
+    layers ``--layer`` accepts, in the order they run (one forward of a blank image)."""
+    names = {m: n for n, m in model.named_modules() if n}
+    found: dict[str, None] = {}
+
+    def hook(module, args, output):
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            found.setdefault(names[module])
+
+    handles = [m.register_forward_hook(hook) for m in names]
+    try:
+        p = next(model.parameters(), None)
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size, device=p.device if p is not None else "cpu",
+                              dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32))
+    finally:
+        for h in handles:
+            h.remove()
+    return list(found)
+
+
+LAYERS_LISTED = 40  # at most this many names in a --layer error (the closest first)
+
+
+def check_layer(model: torch.nn.Module, layer: str, input_size: int) -> None:
+    """``--layer`` must name a layer of the model (:func:`interp_ext.layers.resolve_layers`)
+    whose output is a (N, C, h, w) map; else an :class:`ExplainError` naming ``--layer``
+    and listing the valid names: the close matches first, then the outer layers."""
+    try:
+        resolve_layers(model, layer, arg="--layer")
+        problem = None
+    except ValueError:
+        problem = f"the model has no layer named {layer!r}"
+    valid = spatial_layers(model, input_size)
+    if problem is None and layer in valid:
+        return
+    if problem is None:
+        problem = f"layer {layer!r} does not output a (N, C, h, w) feature map"
+    close = difflib.get_close_matches(layer, valid, n=5, cutoff=0.5)
+    # then the outer layers before the ones inside them (blocks before their convolutions), in running order
+    rest = sorted((n for n in valid if n not in close), key=lambda n: (n.count("."), valid.index(n)))
+    ordered = close + rest
+    shown = ", ".join(ordered[:LAYERS_LISTED])
+    more = f" and {len(ordered) - LAYERS_LISTED} more" if len(ordered) > LAYERS_LISTED else ""
+    listing = (f"; valid layers ({len(valid)}, close matches first): {shown}{more}" if valid
+               else "; the model has no layer with a spatial output")
+    raise ExplainError(f"--layer: {problem}{listing}")
 
 
 def claim(prep: Prepared) -> None:
@@ -402,7 +465,7 @@ def _finished(out: Path, rec: Optional[dict], image_config: dict, prep: Prepared
         return False
     if any(rec["methods"].get(m) != mc for m, mc in prep.method_configs.items()):
         return False
-    files = outputs_of(out, image, prep.methods)
+    files = outputs_of(out, image, prep.methods, prep.folders.get(image.key))
     return all(rec["files"].get(k) == str(p.relative_to(out)) and p.is_file() for k, p in files.items())
 
 
@@ -464,6 +527,8 @@ class BatchComputer:
 
     def __call__(self, x: torch.Tensor, targets: Optional[torch.Tensor] = None
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The maps of one batch and its logits (see the class); adds each pass's time to
+        ``seconds``."""
         result = self._explainer(x.shape[0]).explain(x, target=targets)
         for kind, s in result.seconds.items():
             self.seconds[kind] = self.seconds.get(kind, 0.0) + s
@@ -739,7 +804,7 @@ def run(prep: Prepared, images: Optional[Sequence[InputImage]] = None) -> dict:
         }
         entry = writers.write_image(out, item.image, item.image_config, prep.method_configs, item.crop,
                                     {m: host.maps[m][i] for m in prep.methods}, fields, picture, kinds,
-                                    prep.execution)
+                                    prep.execution, folder=prep.folders.get(item.image.key))
         return item.image.key, entry
 
     reader = _Reader(todo, loaded, cfg.batch_size, prep.workers, limits, pin=cuda) if todo else None

@@ -1,4 +1,6 @@
-"""Turn attributions into pictures: heat-map overlays and gradient images."""
+"""Turn attributions into pictures: heat-map overlays (a dark-to-bright colormap), signed
+maps in a diverging colormap centred on zero (alone or over the image), and the colour
+bars that explain them."""
 from __future__ import annotations
 
 import numpy as np
@@ -83,14 +85,38 @@ def signed_overlay(image: Image.Image, heat: torch.Tensor, alpha: float = 0.55) 
     return _blend(image, diverging(normalize_signed(heat)), alpha)
 
 
-def gradient_image(grad: torch.Tensor) -> Image.Image:
-    """(3, H, W) signed gradient -> RGB picture (zero-centred, scaled to +-3 std),
-    the usual way guided-backprop and deconvnet results are shown."""
-    g = grad.detach().float().cpu()
-    g = g - g.mean()
-    g = g / (3 * g.std() + 1e-12)
-    arr = ((g.clamp(-1, 1) * 0.5 + 0.5) * 255).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(arr)
+def gradient_image(grad: torch.Tensor, percentile: float = 98.0) -> Image.Image:
+    """A signed map on its own, (3, H, W) (summed over channels) or (H, W) -> RGB picture
+    in the diverging colormap centred on zero: blue negative, light grey zero, red
+    positive, scaled by the `percentile` of the magnitude (:func:`normalize_signed`; these
+    maps are sparse and heavy-tailed, so the top 2% saturate).
+    How the job draws guided backprop, deconvnet and guided Grad-CAM: zero stays grey
+    whatever the map's mean (the mean-centred RGB picture of earlier versions showed a
+    map's mean as grey and its minimum as black, so negative and zero looked alike)."""
+    g = grad.detach().float()
+    if g.dim() == 3:
+        g = g.sum(0)
+    if g.dim() != 2:
+        raise ValueError(f"grad must be (3, H, W) or (H, W), got {tuple(grad.shape)}")
+    return Image.fromarray(diverging(normalize_signed(g, percentile)))
+
+
+def colorbar(kind: str, width: int = 128, height: int = 10) -> Image.Image:
+    """A horizontal colour bar of the pictures of `kind`: "heat" (the heat-map colormap,
+    low to high) or "signed" (the diverging colormap, negative to positive, zero in the
+    middle)."""
+    values = np.linspace(0.0, 1.0, width) if kind == "heat" else np.linspace(-1.0, 1.0, width)
+    row = colormap(values) if kind == "heat" else diverging(values)
+    return Image.fromarray(np.ascontiguousarray(np.broadcast_to(row[None], (height, width, 3))))
+
+
+def css_gradient(kind: str, stops: int = 11) -> str:
+    """The colour bar of `kind` ("heat" or "signed") as a CSS ``linear-gradient``, for
+    pages that show the pictures (the job's gallery)."""
+    values = np.linspace(0.0, 1.0, stops)
+    colours = colormap(values) if kind == "heat" else diverging(values * 2 - 1)
+    parts = [f"rgb({r},{g},{b}) {100 * v:.0f}%" for (r, g, b), v in zip(colours.tolist(), values)]
+    return "linear-gradient(to right, " + ", ".join(parts) + ")"
 
 
 def to_pil(image01: torch.Tensor) -> Image.Image:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import html
+import itertools
 import json
 import os
 import re
 import tempfile
 import urllib.parse
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -89,6 +90,7 @@ def atomic_write(path: Union[str, Path], fill: Callable[[IO[bytes]], None]) -> P
 
 
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> Path:
+    """Create or replace `path` with `data`, atomically (:func:`atomic_write`)."""
     return atomic_write(path, lambda fh: fh.write(data))
 
 
@@ -114,6 +116,7 @@ def remove_stale_temporaries(folder: Union[str, Path]) -> int:
 
 
 def save_npy(array: np.ndarray, path: Path) -> Path:
+    """`array` as a ``.npy`` file, atomically."""
     return atomic_write(path, lambda fh: np.save(fh, array))
 
 
@@ -126,8 +129,116 @@ def save_png(image: Image.Image, path: Union[str, Path]) -> Path:
     return atomic_write(path, lambda fh: image.save(fh, format="PNG"))
 
 
-def outputs_of(out: Path, image: InputImage, methods: Sequence[str]) -> dict[str, Path]:
-    folder = out / "images" / image.key
+# ---- output folders ------------------------------------------------------------------------------
+
+IMAGES = "images"  # every image's folder lies under DIR/images
+_DEDUP_TAIL = re.compile(r"~\d+$")  # discover()'s suffix of a repeated name ("flower.jpg~2")
+
+
+def _parents(folder: str) -> list[str]:
+    """"images/a/b/c" -> ["images", "images/a", "images/a/b"]."""
+    parts = folder.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def folder_of_record(rec: Optional[dict]) -> Optional[str]:
+    """The one folder (relative to DIR) that holds every file of a record, or None when its
+    files are spread over several folders or lie outside DIR/images."""
+    if not rec or not isinstance(rec.get("files"), dict) or not rec["files"]:
+        return None
+    parents = set()
+    for rel in rec["files"].values():
+        if not isinstance(rel, str):
+            return None
+        parents.add(rel.rsplit("/", 1)[0] if "/" in rel else "")
+    folder = parents.pop() if len(parents) == 1 else None
+    if folder is None or not folder.startswith(IMAGES + "/"):
+        return None
+    if any(part in ("", ".", "..") for part in folder.split("/")):
+        return None
+    return folder
+
+
+def image_folders(keys: Sequence[str], claimed: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """Each image's output folder, relative to DIR: ``images/<the key's folders>/<stem>``
+    (``inputs/china.jpg`` -> ``images/inputs/china``), unique among the images.
+
+    `keys`: the images' keys in discovery order (every rank of a run passes the same list,
+    so every rank finds the same folders). `claimed`: key -> the folder its existing record
+    uses (:func:`recorded_folders`; keys of images not in this run too). An image keeps its
+    recorded folder, so a re-run finds its files where they are (outputs made before
+    folders were named by the stem included); a folder recorded for another image is never
+    given out, so no new input overwrites files a record still points at.
+
+    Collisions: a folder is never one an image's key needs as a parent (``a.png`` beside a
+    folder ``a/``: ``a.png`` gets ``images/a.png``), never the folder ``images/<key>`` of
+    another image (where outputs of earlier versions live), never inside another image's
+    folder or around one, and never given twice: the first image in `keys` gets the stem,
+    the next the file name (``a.jpg`` -> ``images/a``, ``a.png`` -> ``images/a.png``), then
+    ``stem~2``, ``stem~3``..."""
+    keys = list(dict.fromkeys(keys))
+    claimed = dict(claimed or {})
+    dirs: set[str] = set()  # every folder an image's key needs as a parent
+    for key in keys:
+        dirs.update(_parents(f"{IMAGES}/{key}"))
+    legacy = {f"{IMAGES}/{key}": key for key in keys}  # the folder earlier versions used: the whole key
+    used: set[str] = set()
+    above_used: set[str] = set()  # the parents of the folders given
+    folders: dict[str, str] = {}
+
+    def free(folder: str, key: str) -> bool:
+        if folder in used or folder in dirs or folder in above_used or legacy.get(folder, key) != key:
+            return False
+        return not any(p in used for p in _parents(folder))  # not inside another image's folder
+
+    def take(folder: str, key: str) -> None:
+        used.add(folder)
+        above_used.update(_parents(folder))
+        folders[key] = folder
+
+    for key in keys:  # this run's images keep the folders their records use
+        folder = claimed.get(key)
+        if folder and free(folder, key):
+            take(folder, key)
+    for key, folder in claimed.items():  # and no image gets a folder another image's record uses
+        if key not in folders and free(folder, key):
+            take(folder, key)
+    for key in keys:
+        if key in folders:
+            continue
+        parent, _, name = f"{IMAGES}/{key}".rpartition("/")
+        base = _DEDUP_TAIL.sub("", name) or name
+        stem = PurePosixPath(base).stem or base
+        candidates = itertools.chain((stem, base), (f"{stem}~{k}" for k in itertools.count(2)))
+        folder = next(f for f in (f"{parent}/{c}" for c in candidates) if free(f, key))
+        take(folder, key)
+    return {key: folders[key] for key in keys}
+
+
+def recorded_folders(out: Path) -> dict[str, str]:
+    """key -> the folder of its record's files, for every valid record in DIR/records
+    (:func:`folder_of_record`); the claims :func:`image_folders` honours."""
+    found: dict[str, str] = {}
+    try:
+        names = sorted(e.name for e in os.scandir(Path(out) / "records") if e.name.endswith(".json"))
+    except OSError:
+        return found
+    for name in names:
+        rec = read_record(Path(out) / "records" / name)
+        folder = folder_of_record(rec)
+        if rec is not None and folder is not None:
+            found.setdefault(rec["key"], folder)
+    return found
+
+
+def outputs_of(out: Path, image: InputImage, methods: Sequence[str], folder: Optional[str] = None) -> dict[str, Path]:
+    """The files of one image: ``input`` (the crop) and per method ``<m>.png`` and
+    ``<m>.npy``, in `folder` (relative to `out`; from :func:`image_folders`, which keeps
+    the folders of all the run's images apart; default: the image's folder when it is
+    the only image)."""
+    if folder is None:
+        folder = image_folders([image.key])[image.key]
+    folder = Path(out) / folder
     files = {"input": folder / "input.png"}
     for m in methods:
         files[f"{m}.png"] = folder / f"{m}.png"
@@ -139,66 +250,269 @@ def _text(value: Any) -> str:
     return html.escape(display_name(value))
 
 
-def write_gallery(out: Path, summary: dict) -> Path:
-    """DIR/index.html: images x methods, relative links only (viewable offline). Every
-    name goes through :func:`display_name`, so no file name can break the page."""
+GALLERY_PAGE = 100  # images per gallery page: index.html, then pages/2.html, pages/3.html...
+_PAGE_NAME = re.compile(r"^(\d+)\.html$")
+
+
+def _scale_kinds(methods: Sequence[str]) -> dict[str, str]:
+    """method -> the colour bar its pictures need: "heat" or "signed" (registry's picture kinds)."""
+    from . import registry  # here, not at the top: registry imports viz, which imports this module
+
+    kinds = {}
+    for m in methods:
+        method = registry.METHODS.get(m)
+        if method is not None:
+            kinds[m] = "heat" if method.picture == "heat" else "signed"
+    return kinds
+
+
+_SCALE_LABELS = {"heat": ("low", "high"), "signed": ("\u2212", "0", "+")}
+
+_GALLERY_STYLE = """\
+body{font-family:sans-serif;margin:1em;color:#222}
+table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:left}
+thead th{position:sticky;top:0;background:#fff;z-index:1}
+img{display:block;object-fit:contain;background:#f4f4f4}
+a.zoom{cursor:zoom-in}
+.bar{height:8px;width:160px;margin-top:3px;border:1px solid #999}
+.scale{display:flex;justify-content:space-between;width:160px;font-size:11px;font-weight:normal;color:#555}
+nav.pages{margin:.6em 0}
+nav.pages a,nav.pages b{margin-right:.4em}
+#zoom{position:fixed;inset:0;background:rgba(0,0,0,.85);display:flex;align-items:center;justify-content:center;
+  z-index:10;cursor:zoom-out;margin:0}
+#zoom[hidden]{display:none}
+#zoom img{width:min(90vw,82vh);height:auto;max-height:82vh;background:#fff}
+#zoom figcaption{color:#fff;text-align:center;margin-top:.5em}
+"""
+
+# Click a picture: it fills the window (arrow keys: the next / previous picture; a click,
+# Escape: back). Without script the link opens the picture itself.
+_GALLERY_SCRIPT = """\
+(() => {
+  let box = null, big = null, cap = null, at = -1;
+  const links = () => [...document.querySelectorAll("a.zoom")];
+  const show = (i) => {
+    const a = links()[i];
+    if (!a) return;
+    if (!box) {  // made on the first click: the page's images are the thumbnails only
+      box = document.createElement("figure");
+      box.id = "zoom";
+      big = box.appendChild(document.createElement("img"));
+      cap = box.appendChild(document.createElement("figcaption"));
+      document.body.appendChild(box);
+    }
+    at = i;
+    big.src = a.href;
+    big.alt = cap.textContent = a.dataset.caption || "";
+    box.hidden = false;
+  };
+  const open = () => box && !box.hidden;
+  const hide = () => { box.hidden = true; big.removeAttribute("src"); at = -1; };
+  document.addEventListener("click", (e) => {
+    const a = e.target.closest && e.target.closest("a.zoom");
+    if (a && e.button === 0 && !e.ctrlKey && !e.metaKey && !e.shiftKey && !e.altKey) {
+      e.preventDefault();
+      show(links().indexOf(a));
+    } else if (open() && box.contains(e.target)) {
+      hide();
+    }
+  });
+  document.addEventListener("keydown", (e) => {
+    if (!open()) return;
+    if (e.key === "Escape") hide();
+    else if (e.key === "ArrowRight") show(at + 1);
+    else if (e.key === "ArrowLeft") show(at - 1);
+  });
+})();
+"""
+
+
+def _page_href(page: int, here: int) -> str:
+    """The link from page `here` to page `page` (1: index.html, k: pages/k.html)."""
+    if page == 1:
+        return "index.html" if here == 1 else "../index.html"
+    return f"pages/{page}.html" if here == 1 else f"{page}.html"
+
+
+def _pager(here: int, count: int) -> str:
+    if count <= 1:
+        return ""
+    shown = sorted({1, count, *range(max(1, here - 3), min(count, here + 3) + 1)})
+    links = []
+    if here > 1:
+        links.append(f'<a href="{_page_href(here - 1, here)}" rel="prev">&lsaquo; previous</a>')
+    last = 0
+    for p in shown:
+        if p > last + 1:
+            links.append("<span>&hellip;</span>")
+        links.append(f"<b>{p}</b>" if p == here else f'<a href="{_page_href(p, here)}">{p}</a>')
+        last = p
+    if here < count:
+        links.append(f'<a href="{_page_href(here + 1, here)}" rel="next">next &rsaquo;</a>')
+    return f'<nav class="pages">page {here} of {count}: {" ".join(links)}</nav>'
+
+
+def write_gallery(out: Path, summary: dict, page_size: int = GALLERY_PAGE) -> Path:
+    """DIR/index.html: images x methods, relative links only (viewable offline), in pages
+    of `page_size` images (index.html, then DIR/pages/2.html...; pages left by an earlier,
+    larger run are removed). Pictures load lazily, a click enlarges one (the arrow keys
+    step through the page), and each method's column header carries the colour bar of its
+    pictures. Every name goes through :func:`display_name`, so no file name can break a
+    page. Returns the path of index.html."""
+    if page_size < 1:
+        raise ValueError(f"page_size must be positive, got {page_size}")
     methods = summary["methods"]
-    rows = []
-    for key, entry in sorted(summary["images"].items()):
-        files = entry.get("files") or {}
-        cells = []
-        for name in ["input", *methods]:
-            rel = files.get("input" if name == "input" else f"{name}.png")
-            if rel is None:
-                cells.append("<td>-</td>")
-                continue
-            src = html.escape(urllib.parse.quote(display_name(rel)))
-            cells.append(f'<td><a href="{src}"><img src="{src}" alt="{_text(key)} {_text(name)}" width="160"></a></td>')
-        top = entry.get("top5") or []
-        pred = _text(f"{top[0]['class']} ({top[0]['probability']:.1%})") if top else ""
-        target = _text(entry.get("target_name", entry.get("target", "")))
-        rows.append(f"<tr><th>{_text(key)}<br><small>top-1: {pred}<br>target: {target}</small></th>{''.join(cells)}</tr>")
-    head = "".join(f"<th>{_text(n)}</th>" for n in ["image", "input", *methods])
+    kinds = _scale_kinds(methods)
+    items = sorted(summary["images"].items())
+    count = max(1, -(-len(items) // page_size))
+    head = ["<th>image</th>", "<th>input</th>"]
+    for m in methods:
+        bar = ""
+        if m in kinds:
+            from . import viz
+
+            labels = "".join(f"<span>{html.escape(t)}</span>" for t in _SCALE_LABELS[kinds[m]])
+            bar = (f'<div class="bar" style="background:{viz.css_gradient(kinds[m])}"></div>'
+                   f'<div class="scale">{labels}</div>')
+        head.append(f"<th>{_text(m)}{bar}</th>")
     skipped = "".join(f"<li>{_text(s['source'])}: {_text(s['reason'])}</li>" for s in summary.get("skipped", []))
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>interp_ext gallery</title>
-<style>body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:left}} img{{display:block}}</style></head>
+    legend = []
+    if "heat" in kinds.values():
+        legend.append("heat maps: black (low) to pale yellow (high), each picture scaled to its own range")
+    if "signed" in kinds.values():
+        legend.append("signed maps: blue negative, light grey zero, red positive, each picture scaled to its "
+                      "largest magnitudes")
+    for page in range(1, count + 1):
+        prefix = "" if page == 1 else "../"
+        rows = []
+        for key, entry in items[(page - 1) * page_size : page * page_size]:
+            files = entry.get("files") or {}
+            cells = []
+            for name in ["input", *methods]:
+                rel = files.get("input" if name == "input" else f"{name}.png")
+                if rel is None:
+                    cells.append("<td>-</td>")
+                    continue
+                src = prefix + html.escape(urllib.parse.quote(display_name(rel)))
+                caption = f"{_text(key)}: {_text(name)}"
+                cells.append(f'<td><a class="zoom" href="{src}" data-caption="{caption}"><img src="{src}" '
+                             f'alt="{caption}" width="160" height="160" loading="lazy" decoding="async"></a></td>')
+            top = entry.get("top5") or []
+            pred = _text(f"{top[0]['class']} ({top[0]['probability']:.1%})") if top else ""
+            target = _text(entry.get("target_name", entry.get("target", "")))
+            rows.append(f"<tr><th>{_text(key)}<br><small>top-1: {pred}<br>target: {target}</small></th>"
+                        f"{''.join(cells)}</tr>")
+        first, last = (page - 1) * page_size + 1, min(page * page_size, len(items))
+        shown = f"images {first}-{last} of {len(items)}" if count > 1 else f"{len(items)} images"
+        pager = _pager(page, count)
+        page_html = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>interp_ext gallery{f' (page {page} of {count})' if count > 1 else ''}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{_GALLERY_STYLE}</style></head>
 <body><h1>interp_ext: {_text(summary['model'])}</h1>
-<p>{len(summary['images'])} images, methods: {_text(', '.join(methods))}; device {_text(summary['device'])}</p>
-<table><tr>{head}</tr>
+<p>{shown}, methods: {_text(', '.join(methods))}; device {_text(summary['device'])}. Click a picture to enlarge it.</p>
+{f'<p><small>{_text("; ".join(legend))}.</small></p>' if legend else ''}
+{pager}
+<table><thead><tr>{''.join(head)}</tr></thead>
+<tbody>
 {chr(10).join(rows)}
-</table>
-{f'<h2>Skipped</h2><ul>{skipped}</ul>' if skipped else ''}
+</tbody></table>
+{pager}
+{f'<h2>Skipped</h2><ul>{skipped}</ul>' if skipped and page == 1 else ''}
+<script>{_GALLERY_SCRIPT}</script>
 </body></html>
 """
-    return atomic_write_bytes(out / "index.html", page.encode("utf-8"))
+        target = out / "index.html" if page == 1 else out / "pages" / f"{page}.html"
+        atomic_write_bytes(target, page_html.encode("utf-8"))
+    try:
+        stale = [e.path for e in os.scandir(out / "pages")
+                 if (m := _PAGE_NAME.match(e.name)) and not 2 <= int(m.group(1)) <= count]
+    except OSError:
+        stale = []
+    for path in stale:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return out / "index.html"
+
+
+def _fit(draw: Any, text: str, font: Any, width: int) -> str:
+    """`text` cut to `width` pixels, with "..." where it was cut (the start is dropped:
+    the end of a path names the file)."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength("..." + text, font=font) > width:
+        text = text[1:]
+    return "..." + text
 
 
 def write_contact_sheet(out: Path, summary: dict, thumb: int = 112, max_images: int = 16) -> Optional[Path]:
     """DIR/gallery.png: the first `max_images` images x (input + methods) as one picture,
-    for a README or a report (the full set is in index.html)."""
+    for a README or a report (the full set is in index.html). Each row is labelled with
+    the image's name, its target class and the model's top-1 class; the columns with the
+    method names; a strip at the bottom holds the colour bars of the heat and signed maps."""
+    from PIL import ImageDraw, ImageFont
+
     keys = sorted(summary["images"])[:max_images]
     if not keys:
         return None
-    columns = ["input", *summary["methods"]]
-    label_h = 16
-    sheet = Image.new("RGB", (thumb * len(columns), label_h + thumb * len(keys)), "white")
-    from PIL import ImageDraw
-
+    methods = summary["methods"]
+    kinds = _scale_kinds(methods)
+    columns = ["input", *methods]
+    try:
+        font = ImageFont.load_default(size=11)
+    except (TypeError, OSError):  # PIL without FreeType: its bitmap font
+        font = ImageFont.load_default()
+    label_w, head_h, line_h = 150, 18, 14
+    legend_h = 36 if kinds else 0
+    width = label_w + thumb * len(columns)
+    sheet = Image.new("RGB", (width, head_h + thumb * len(keys) + legend_h), "white")
     draw = ImageDraw.Draw(sheet)
     for c, name in enumerate(columns):
-        draw.text((c * thumb + 4, 2), name, fill="black")
+        draw.text((label_w + c * thumb + 4, 3), _fit(draw, name, font, thumb - 8), fill="black", font=font)
     for r, key in enumerate(keys):
-        files = summary["images"][key].get("files") or {}
+        entry = summary["images"][key]
+        y = head_h + r * thumb
+        top = entry.get("top5") or []
+        target = display_name(entry.get("target_name", entry.get("target", "")))
+        lines = [_fit(draw, display_name(key), font, label_w - 8), _fit(draw, f"class: {target}", font, label_w - 8)]
+        if top and display_name(top[0]["class"]) != target:
+            lines.append(_fit(draw, f"top-1: {display_name(top[0]['class'])}", font, label_w - 8))
+        if top:
+            lines.append(f"p(top-1) {top[0]['probability']:.0%}")
+        for i, line in enumerate(lines):
+            draw.text((4, y + 6 + i * line_h), line, fill="black", font=font)
+        if r:
+            draw.line([(0, y), (width, y)], fill=(200, 200, 200))
+        files = entry.get("files") or {}
         for c, name in enumerate(columns):
             rel = files.get("input" if name == "input" else f"{name}.png")
             if rel and (out / rel).is_file():
                 try:
                     with Image.open(out / rel) as im:
-                        sheet.paste(im.convert("RGB").resize((thumb, thumb), Image.BILINEAR), (c * thumb, label_h + r * thumb))
+                        sheet.paste(im.convert("RGB").resize((thumb, thumb), Image.BILINEAR), (label_w + c * thumb, y))
                 except (OSError, ValueError):  # changed under us: leave the cell blank
                     pass
+    if kinds:
+        from . import viz
+
+        y = head_h + thumb * len(keys) + 8
+        x = 4
+        for kind, text in (("heat", "heat maps"), ("signed", "signed maps")):
+            if kind not in kinds.values():
+                continue
+            labels = _SCALE_LABELS[kind]
+            lo, hi = ("low", "high") if kind == "heat" else ("-", "+")
+            draw.text((x, y + 1), f"{text}:  {lo}", fill="black", font=font)
+            x += int(draw.textlength(f"{text}:  {lo}", font=font)) + 4
+            sheet.paste(viz.colorbar(kind, 120, 10), (x, y + 2))
+            if len(labels) == 3:
+                draw.text((x + 60 - 3, y + 13), "0", fill="black", font=font)
+            x += 124
+            draw.text((x, y + 1), hi, fill="black", font=font)
+            x += int(draw.textlength(hi, font=font)) + 24
     return atomic_write(out / "gallery.png", lambda fh: sheet.save(fh, format="PNG", optimize=True))
 
 
@@ -215,6 +529,7 @@ def clean_text(value: Any) -> Any:
 
 
 def write_summary(out: Path, summary: dict) -> Path:
+    """DIR/summary.json (ASCII JSON, every string valid Unicode: :func:`clean_text`)."""
     return atomic_write_bytes(out / "summary.json", json.dumps(clean_text(summary), indent=2).encode("ascii"))
 
 
@@ -248,6 +563,7 @@ def entry_of(rec: dict) -> dict:
 
 
 def files_exist(out: Path, files: dict) -> bool:
+    """Whether every value of `files` is a path (relative to `out`) of an existing file."""
     return all(isinstance(rel, str) and (out / rel).is_file() for rel in files.values())
 
 
@@ -268,12 +584,13 @@ def read_records(out: Path) -> dict[str, dict]:
 def write_image(out: Path, image: InputImage, image_config: dict, method_configs: Mapping[str, dict],
                 crop: Image.Image, maps: Mapping[str, torch.Tensor], fields: dict,
                 draw: Callable[[str, Image.Image, torch.Tensor], Image.Image], kinds: Mapping[str, str],
-                execution: Optional[dict] = None) -> dict:
+                execution: Optional[dict] = None, folder: Optional[str] = None) -> dict:
     """One image's files, then its record (last: a record means every file is complete).
     `method_configs`: per requested method its recorded options and layer; `maps`: per
     method the image's map; `draw(kind, crop, map)` its picture (`kinds[method]`);
     `fields`: target, target_name, top5; `execution`: settings recorded but not matched
-    on resume (they change no map). Returns the image's summary entry. Any file that
+    on resume (they change no map); `folder`: the image's folder relative to `out`
+    (:func:`image_folders`). Returns the image's summary entry. Any file that
     cannot be written raises :class:`WriteError` (the image then has no record)."""
     methods = list(method_configs)
     rpath = record_path(out, image.key)
@@ -285,7 +602,7 @@ def write_image(out: Path, image: InputImage, image_config: dict, method_configs
             pass
         except OSError as e:
             raise WriteError(rpath, e) from e
-    files = outputs_of(out, image, methods)
+    files = outputs_of(out, image, methods, folder)
     for m in methods:
         amap = maps[m]
         save_npy(amap.numpy().astype(np.float32), files[f"{m}.npy"])
@@ -294,9 +611,11 @@ def write_image(out: Path, image: InputImage, image_config: dict, method_configs
     rec_methods: dict[str, dict] = {}
     rec_files = {"input": str(files["input"].relative_to(out))}
     if old is not None and old["key"] == image.key and old["config"] == image_config:
+        here = rec_files["input"].rsplit("/", 1)[0]
         for m, mc in old["methods"].items():  # maps of other methods made with the same model and target
             kept = {k: old["files"].get(k) for k in (f"{m}.png", f"{m}.npy")}
-            if m not in method_configs and files_exist(out, kept):
+            in_folder = all(isinstance(rel, str) and rel.rsplit("/", 1)[0] == here for rel in kept.values())
+            if m not in method_configs and in_folder and files_exist(out, kept):
                 rec_methods[m] = mc
                 rec_files.update(kept)
     for m in methods:

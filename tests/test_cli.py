@@ -50,6 +50,13 @@ def _explain(*args):
     return cli.main(["explain", *map(str, args), "--quiet"])
 
 
+def _files(out, key):
+    """An image's output files as its record names them (never re-derived from the key)."""
+    rec = explain.read_record(explain.record_path(out, key))
+    assert rec is not None, f"no record for {key}"
+    return {name: out / rel for name, rel in rec["files"].items()}
+
+
 def test_folder_of_good_and_bad_files(folder, tmp_path, capsys):
     out = tmp_path / "out"
     assert _explain(folder, "--methods", "gradcam,saliency,guided-backprop", "--out", out, "--batch-size", "3") == 0
@@ -64,13 +71,18 @@ def test_folder_of_good_and_bad_files(folder, tmp_path, capsys):
     for name in skipped:
         assert name in err  # and a line on stderr
     for key, entry in summary["images"].items():
-        folder_out = out / "images" / key
-        assert (folder_out / "input.png").is_file()
-        assert np.load(folder_out / "gradcam.npy").shape == (224, 224)
-        assert np.load(folder_out / "saliency.npy").dtype == np.float32
-        assert np.load(folder_out / "guided-backprop.npy").shape == (3, 224, 224)
-        assert Image.open(folder_out / "gradcam.png").size == (224, 224)
+        files = _files(out, key)
+        assert {name: out / rel for name, rel in entry["files"].items()} == files  # the summary's paths are the record's
+        assert files["input"].is_file()
+        assert np.load(files["gradcam.npy"]).shape == (224, 224)
+        assert np.load(files["saliency.npy"]).dtype == np.float32
+        assert np.load(files["guided-backprop.npy"]).shape == (3, 224, 224)
+        assert Image.open(files["gradcam.png"]).size == (224, 224)
         assert entry["target_name"] == entry["top5"][0]["class"]  # --target top1
+    # folders are named by the stem: images/inputs/flower/, not images/inputs/flower.jpg/
+    assert {key: str(_files(out, key)["input"].parent.relative_to(out)) for key in GOOD} == {
+        "inputs/deep16.png": "images/inputs/deep16", "inputs/flower.jpg": "images/inputs/flower",
+        "inputs/sub/gray.png": "images/inputs/sub/gray", "inputs/sub/rgba.png": "images/inputs/sub/rgba"}
     assert summary["images"]["inputs/flower.jpg"]["top5"][0]["class"] == "daisy"
     t = summary["timing"]
     assert t["processed_this_run"] == 4 and t["images_per_second"] > 0
@@ -79,23 +91,24 @@ def test_folder_of_good_and_bad_files(folder, tmp_path, capsys):
     assert not list(out.rglob("*.tmp"))  # every file renamed into place
     html = (out / "index.html").read_text()
     for key in GOOD:
-        assert f"images/{key}/gradcam.png" in html
-    with Image.open(out / "gallery.png") as sheet:  # images x (input + 3 methods)
-        assert sheet.size == (4 * 112, 16 + 4 * 112)
+        assert f'href="{summary["images"][key]["files"]["gradcam.png"]}"' in html
+    with Image.open(out / "gallery.png") as sheet:  # a label column + images x (input + 3 methods)
+        assert sheet.size[0] > 4 * 112 and sheet.size[1] > 4 * 112
 
 
 def test_second_run_skips_finished_images(folder, tmp_path):
     out = tmp_path / "out"
     assert _explain(folder, "--methods", "saliency", "--out", out) == 0
-    stamp = (out / "images/inputs/flower.jpg/saliency.npy").stat().st_mtime_ns
+    flower, gray = _files(out, "inputs/flower.jpg"), _files(out, "inputs/sub/gray.png")
+    stamp = flower["saliency.npy"].stat().st_mtime_ns
     first = json.loads((out / "summary.json").read_text())
-    (out / "images/inputs/sub/gray.png/saliency.npy").unlink()  # an interrupted image is redone
+    gray["saliency.npy"].unlink()  # an interrupted image is redone
     assert _explain(folder, "--methods", "saliency", "--out", out) == 0
     second = json.loads((out / "summary.json").read_text())
     assert second["timing"]["processed_this_run"] == 1
-    assert (out / "images/inputs/flower.jpg/saliency.npy").stat().st_mtime_ns == stamp
+    assert flower["saliency.npy"].stat().st_mtime_ns == stamp
     assert second["images"]["inputs/flower.jpg"] == first["images"]["inputs/flower.jpg"]  # top-5 kept
-    assert (out / "images/inputs/sub/gray.png/saliency.npy").is_file()
+    assert _files(out, "inputs/sub/gray.png") == gray and gray["saliency.npy"].is_file()
 
 
 def test_image_conversions(folder):
@@ -129,6 +142,49 @@ def test_bad_options_fail_before_any_work(folder, tmp_path, capsys, args, messag
     assert not out.exists()
 
 
+def test_a_wrong_layer_names_the_option_and_lists_the_valid_layers(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _explain(folder, "--out", out, "--methods", "gradcam", "--layer", "_blocks.150") == 2
+    lines = capsys.readouterr().err.strip().splitlines()  # the skipped files of the folder, then one line
+    err = lines[-1]
+    assert "target_layer" not in "".join(lines) and sum("error" in line for line in lines) == 1
+    assert err.startswith("interp-ext explain: error: --layer: the model has no layer named '_blocks.150'; valid layers (")
+    listed = err.split("close matches first): ")[1].split(", ")
+    assert listed[0] == "_blocks.15" and listed[1].startswith("_blocks.1")  # the closest first
+    assert {"_conv_head", "_blocks.3"} <= set(listed)  # then the outer layers, which a user would pick
+    assert not out.exists()
+    # a layer that exists but gives no feature map: said so before the run, with the same listing
+    assert _explain(folder, "--out", out, "--methods", "gradcam", "--layer", "_fc") == 2
+    err = capsys.readouterr().err
+    assert "--layer: layer '_fc' does not output a (N, C, h, w) feature map; valid layers (" in err
+    assert not out.exists()
+
+
+def test_help_is_plain_text_with_the_defaults(capsys, monkeypatch):
+    import argparse
+    import re
+
+    from interp_ext import registry
+
+    monkeypatch.setenv("COLUMNS", "300")  # no wrapping inside a default
+    parser = cli._parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    kinds = next(a for a in subcommands["visualize"]._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for argv, sub in [(["explain"], subcommands["explain"])] + [(["visualize", k], p) for k, p in kinds.items()]:
+        with pytest.raises(SystemExit) as e:
+            cli.main([*argv, "--help"])
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        for markup in ("``", ":func:", ":class:", ":mod:", ":meth:"):
+            assert markup not in text, (argv, markup)
+        for action in sub._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert f"(default: {action.default}" in text, (argv, action.option_strings)
+        if argv == ["explain"]:
+            for name, method in registry.METHODS.items():  # the methods, one a line, with what each is
+                assert re.search(rf"^  {re.escape(name)} +{re.escape(method.help)}$", text, re.M), name
+
+
 def test_unknown_option_is_an_argparse_error(folder, tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["explain", str(folder), "--out", str(tmp_path / "o"), "--colour", "red"])
@@ -160,7 +216,8 @@ def test_targets_from_an_index_and_a_labels_file(folder, tmp_path):
     assert summary["images"]["flower.jpg"]["target"] == 1 and summary["images"]["gray.png"]["target"] == 7
     assert [Path(s["source"]).name for s in summary["skipped"]] == ["deep16.png"]  # no label
     # the map for a class differs from the map for another class
-    assert not np.array_equal(np.load(out / "images/flower.jpg/saliency.npy"), np.load(out2 / "images/flower.jpg/saliency.npy"))
+    assert not np.array_equal(np.load(_files(out, "flower.jpg")["saliency.npy"]),
+                              np.load(_files(out2, "flower.jpg")["saliency.npy"]))
 
 
 def test_list_file_and_duplicate_names(folder, tmp_path):
@@ -200,7 +257,7 @@ def test_user_model_from_module_function(folder, tmp_path, tiny_model):
     assert _explain(folder, "--model", tiny_model, "--methods", "gradcam,occlusion", "--out", out) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["layer"] == "3"  # the last layer with a spatial output
-    assert np.load(out / "images/inputs/flower.jpg/occlusion.npy").shape == (3, 224, 224)
+    assert np.load(_files(out, "inputs/flower.jpg")["occlusion.npy"]).shape == (3, 224, 224)
 
 
 def test_two_torchrun_ranks_equal_one_process(folder, tmp_path, tiny_model):
@@ -217,9 +274,10 @@ def test_two_torchrun_ranks_equal_one_process(folder, tmp_path, tiny_model):
     assert a["images"].keys() == b["images"].keys() and b["timing"]["ranks"] == 2
     for key in a["images"]:
         assert a["images"][key]["target"] == b["images"][key]["target"]
+        assert a["images"][key]["files"] == b["images"][key]["files"]  # the ranks agree on every folder
         for m in ("gradcam", "saliency"):
-            np.testing.assert_allclose(np.load(single / "images" / key / f"{m}.npy"),
-                                       np.load(multi / "images" / key / f"{m}.npy"), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(np.load(_files(single, key)[f"{m}.npy"]),
+                                       np.load(_files(multi, key)[f"{m}.npy"]), rtol=1e-4, atol=1e-5)
     assert sorted(s["source"] for s in a["skipped"]) == sorted(s["source"] for s in b["skipped"])
 
 

@@ -109,6 +109,13 @@ def _summary(out):
     return json.loads((out / "summary.json").read_text())
 
 
+def _files(out, key):
+    """An image's output files as its record names them (never re-derived from the key)."""
+    rec = explain.read_record(explain.record_path(out, key))
+    assert rec is not None, f"no record for {key}"
+    return {name: out / rel for name, rel in rec["files"].items()}
+
+
 def _tree(out):
     """Every output file (relative path -> bytes), the lock file aside."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != ".lock"}
@@ -213,8 +220,8 @@ def test_atomic_writes_from_two_threads_never_collide(tmp_path):
 def test_resume_redoes_images_made_with_another_configuration(tmp_path, tiny, images):
     out = tmp_path / "out"
     common = ["--model", tiny, "--out", out]
-    npy = out / "images/inputs/a.png/saliency.npy"
     assert _explain(images, *common, "--methods", "saliency", "--target", "5") == 0
+    npy = _files(out, "inputs/a.png")["saliency.npy"]
     first = np.load(npy)
     assert _explain(images, *common, "--methods", "saliency", "--target", "7") == 0
     summary = _summary(out)
@@ -247,6 +254,68 @@ def test_resume_redoes_images_made_with_another_configuration(tmp_path, tiny, im
 
 
 # ---- torchrun: a rank that fails preparation ends every rank, at once -------------------------
+
+
+def _folders(out):
+    """key -> the folder (relative to out) its record keeps its files in."""
+    found = {}
+    for key in _summary(out)["images"]:
+        parents = {str(p.parent.relative_to(out)) for p in _files(out, key).values()}
+        assert len(parents) == 1, parents  # one folder per image
+        found[key] = parents.pop()
+    return found
+
+
+def test_output_folders_are_stems_and_never_collide(tmp_path, tiny):
+    d = tmp_path / "inputs"
+    (d / "s").mkdir(parents=True)
+    for i, name in enumerate(["a.jpg", "a.png", "s.png", "s/c.png", "x.png", "x.png.gif"]):
+        _image(d / name, seed=i)
+    out = tmp_path / "out"
+    common = ["--model", tiny, "--methods", "saliency", "--out", out]
+    assert _explain(d, *common) == 0
+    folders = _folders(out)
+    assert folders == {"inputs/a.jpg": "images/inputs/a", "inputs/a.png": "images/inputs/a.png",
+                       "inputs/s.png": "images/inputs/s.png",  # images/inputs/s/ holds s/c.png's folder
+                       "inputs/s/c.png": "images/inputs/s/c", "inputs/x.png": "images/inputs/x",
+                       "inputs/x.png.gif": "images/inputs/x.png.gif"}
+    loaded = models.load_model(tiny, None)
+    for key, folder in folders.items():  # each folder holds its own image's files and no other's
+        assert sorted(p.name for p in (out / folder).iterdir() if p.is_file()) == ["input.png", "saliency.npy",
+                                                                                   "saliency.png"]
+        crop = loaded.crop(explain.read_image(d / key.split("/", 1)[1], loaded.resize_size))
+        with Image.open(out / folder / "input.png") as got:
+            assert np.array_equal(np.asarray(got), np.asarray(crop))
+    before = {key: _files(out, key)["saliency.npy"].read_bytes() for key in folders}
+    # a new input whose stem an earlier image holds, and one that sorts first: the old folders stay, nothing redone
+    _image(d / "a.gif", seed=10)
+    (d / "a.jpg").unlink()  # a removed input: its record still points at images/inputs/a, so no one gets it
+    _image(d / "a.bmp", seed=11)
+    assert _explain(d, *common) == 0
+    assert _summary(out)["timing"]["processed_this_run"] == 2
+    after = _folders(out)
+    assert after["inputs/a.bmp"] == "images/inputs/a.bmp" and after["inputs/a.gif"] == "images/inputs/a.gif"
+    assert all(after[key] == folders[key] for key in folders)
+    assert {key: _files(out, key)["saliency.npy"].read_bytes() for key in folders} == before
+
+
+def test_outputs_named_like_files_by_earlier_versions_resume(tmp_path, tiny, images):
+    out = tmp_path / "out"
+    common = ["--model", tiny, "--out", out]
+    assert _explain(images, *common, "--methods", "saliency") == 0
+    for rec_path in (out / "records").glob("*.json"):  # the layout before folders were stems: images/<key>/
+        rec = json.loads(rec_path.read_text())
+        new, old = out / Path(rec["files"]["input"]).parent, out / "images" / rec["key"]
+        new.rename(old)
+        rec["files"] = {k: str((old / Path(v).name).relative_to(out)) for k, v in rec["files"].items()}
+        rec_path.write_text(json.dumps(rec))
+    assert _explain(images, *common, "--methods", "saliency") == 0
+    assert _summary(out)["timing"]["processed_this_run"] == 0  # found where they are: nothing redone
+    assert _folders(out)["inputs/sub/c.png"] == "images/inputs/sub/c.png"
+    assert _explain(images, *common, "--methods", "saliency,gradcam") == 0  # a new method: into the same folders
+    assert _summary(out)["timing"]["processed_this_run"] == 4
+    assert _folders(out) == {key: f"images/{key}" for key in _summary(out)["images"]}
+    assert sorted(p.name for p in (out / "images/inputs/sub").iterdir()) == ["c.png", "d.png"]
 
 
 def test_a_rank_failing_preparation_ends_all_ranks(tmp_path, tiny, images):
@@ -355,7 +424,9 @@ def test_non_utf8_names_give_a_valid_summary_and_gallery(tmp_path, tiny, images)
     key = "inputs/caf%E9.png"
     assert key in summary["images"] and summary["images"][key]["source"].endswith("caf%E9.png")
     page = (out / "index.html").read_text(encoding="utf-8")
-    href = urllib.parse.quote(f"images/{key}/saliency.png")
+    saliency = _files(out, key)["saliency.png"]
+    assert saliency.parent.name == "caf%E9" and saliency.is_file()
+    href = urllib.parse.quote(str(saliency.relative_to(out)))
     assert f'href="{href}"' in page and (out / urllib.parse.unquote(href)).is_file()
     assert (out / "gallery.png").is_file()
 
@@ -420,7 +491,7 @@ def test_a_thin_image_is_explained(tmp_path, tiny):
     d.mkdir()
     Image.new("RGB", (16000, 1), "white").save(d / "strip.png")
     assert _explain(d, "--model", tiny, "--methods", "saliency", "--out", tmp_path / "out") == 0
-    assert np.load(tmp_path / "out/images/thin/strip.png/saliency.npy").shape == (224, 224)
+    assert np.load(_files(tmp_path / "out", "thin/strip.png")["saliency.npy"]).shape == (224, 224)
 
 
 def test_a_20000_by_20000_jpeg_is_read_at_an_eighth(tmp_path, monkeypatch):
