@@ -38,6 +38,8 @@ def recorded(device_name: str, out: Path) -> dict[str, dict]:
 
 
 def run_suite(device: str, quick: bool, out: Path) -> dict[str, dict]:
+    """Run every benchmark script of the suite for `device` (each writes its JSON into
+    `out`) and return the results they recorded."""
     results = {}
     for name in SUITE + JOBS:
         cmd = [sys.executable, str(HERE / f"bench_{name}.py"), "--out", str(out)]
@@ -54,13 +56,19 @@ def run_suite(device: str, quick: bool, out: Path) -> dict[str, dict]:
     return results
 
 
+# benchmark models that stand in for a CNN: they measure a method's own overhead, not the speed-up a real model sees
+STAND_IN_MODELS = {"free": "near-free spatial mean"}
+
+
 def speedups(results: dict[str, dict]) -> list[dict]:
-    """One bar per (benchmark, case, baseline): how many times faster interp_ext is."""
+    """One bar per (benchmark, case, baseline): how many times faster interp_ext is;
+    ``stand_in``: measured with a stand-in model (:data:`STAND_IN_MODELS`), not a real one."""
     bars = []
 
-    def add(group, case, against, value, threads):
+    def add(group, case, against, value, threads, stand_in=False):
         if value:
-            bars.append({"group": group, "case": case, "against": against, "speedup": float(value), "threads": threads})
+            bars.append({"group": group, "case": case, "against": against, "speedup": float(value), "threads": threads,
+                         "stand_in": stand_in})
 
     for r in results.get("guided_relu", {}).get("guided_backward", []):
         case = "x".join(map(str, r["shape"])) if isinstance(r["shape"], list) else str(r["shape"])
@@ -85,32 +93,69 @@ def speedups(results: dict[str, dict]) -> list[dict]:
     for r in results.get("blur", {}).get("loop", []):
         add("class-vis loop", f"{r['steps']} steps b{r['batch']}", "eager reference", r.get("speedup_vs_eager"), r["threads"])
     for r in results.get("occlusion", {}).get("occlusion", []):
-        add("Occlusion", f"{r['model']} x{r['images']}", "Captum", r.get("speedup"), r["threads"])
+        add("Occlusion", f"{r['model']} x{r['images']}", "Captum", r.get("speedup"), r["threads"],
+            stand_in=r["model"] in STAND_IN_MODELS)
     for r in results.get("explain", {}).get("timing", []):
         add("explain job", f"{r['set']} ({r['images']} images)", "peers' job", r.get("speedup_vs_peers"), r["threads"])
     return bars
 
 
-def chart(bars: list[dict], title: str, path: Path) -> Path:
+COLOURS = {"eager reference": "#4c72b0", "Captum": "#dd8452", "pytorch-grad-cam": "#55a868",
+           "torchvision": "#c44e52", "kornia (separable)": "#937860", "peers' job": "#8172b3"}
+OTHER_COLOUR = "#8c8c8c"
+
+
+def figure(bars: list[dict], title: str):
+    """The speed-up chart as a matplotlib figure: one horizontal bar per speed-up (log
+    scale, 1 = parity), coloured by the baseline it is measured against (the legend).
+    Bars measured with a stand-in model (``stand_in``) are kept apart, in a panel of
+    their own below the real-model and kernel bars, hatched, so that an overhead-only
+    figure is not read as what a real model gains."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    labels = [f"{b['group']}: {b['case']} ({b['threads']} thr) vs {b['against']}" for b in bars]
-    colours = {"eager reference": "#4c72b0", "Captum": "#dd8452", "pytorch-grad-cam": "#55a868",
-               "torchvision": "#c44e52", "kornia (separable)": "#937860"}
-    fig, ax = plt.subplots(figsize=(10, 0.32 * len(bars) + 1.4), dpi=100)
-    ax.barh(range(len(bars)), [b["speedup"] for b in bars], color=[colours.get(b["against"], "#8172b3") for b in bars])
-    ax.set_yticks(range(len(bars)), labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_xlabel("speed-up of interp_ext (x, log scale; 1 = parity)")
-    ax.set_title(title, fontsize=9)
-    for i, b in enumerate(bars):
-        ax.text(b["speedup"], i, f" {b['speedup']:.3g}x", va="center", fontsize=7)
-    fig.tight_layout()
+    real = [b for b in bars if not b.get("stand_in")]
+    stand_in = [b for b in bars if b.get("stand_in")]
+    groups = [(real, "real models and kernels")] if real else []
+    if stand_in:
+        names = ", ".join(sorted(set(STAND_IN_MODELS.values())))
+        groups.append((stand_in, f"stand-in model ({names}): the method's own overhead, not a real model's speed-up"))
+    fig, axes = plt.subplots(len(groups), 1, sharex=True, squeeze=False, dpi=100, layout="constrained",
+                             figsize=(10, 0.32 * len(bars) + 1.0 + 0.9 * len(groups)),
+                             gridspec_kw={"height_ratios": [len(g) + 0.6 for g, _ in groups]})
+    for ax, (group, heading) in zip(axes[:, 0], groups):
+        hatch = "//" if group is stand_in else None
+        ax.barh(range(len(group)), [b["speedup"] for b in group], hatch=hatch, edgecolor="white" if hatch else None,
+                color=[COLOURS.get(b["against"], OTHER_COLOUR) for b in group])
+        ax.set_yticks(range(len(group)), [f"{b['group']}: {b['case']} ({b['threads']} thr) vs {b['against']}"
+                                          for b in group], fontsize=7)
+        ax.set_ylim(len(group) - 0.4, -0.6)  # top to bottom, no empty rows
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_title(heading, fontsize=8, loc="left")
+        for i, b in enumerate(group):
+            ax.text(b["speedup"], i, f" {b['speedup']:.3g}x", va="center", fontsize=7)
+    if bars:  # room for the value labels after the longest bar
+        values = [b["speedup"] for b in bars]
+        axes[0, 0].set_xlim(min(0.8, min(values) * 0.8), max(values) * 1.8)
+    axes[-1, 0].set_xlabel("speed-up of interp_ext (x, log scale; 1 = parity)")
+    against = list(dict.fromkeys(b["against"] for b in bars))
+    handles = [Patch(color=COLOURS.get(a, OTHER_COLOUR), label=f"vs {a}") for a in against]
+    if stand_in:
+        handles.append(Patch(facecolor=OTHER_COLOUR, edgecolor="white", hatch="//", label="stand-in model"))
+    axes[0, 0].legend(handles=handles, fontsize=7, loc="lower right", title="baseline", title_fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def chart(bars: list[dict], title: str, path: Path) -> Path:
+    """Draw :func:`figure` into the PNG `path` (written under a temporary name, then renamed)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(bars, title)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
@@ -132,6 +177,8 @@ def replace_section(md_path: Path, device: str, body: str) -> None:
 
 
 def main(argv=None) -> int:
+    """The command: run (or, with --from-results, read) the suite, write the chart and the
+    report into --out, and the device's section of --benchmarks-md when given."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shapes and short runs (minutes, not an hour)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")

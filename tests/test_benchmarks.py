@@ -34,6 +34,26 @@ def test_chart_is_a_png_with_a_bar_per_speedup(tmp_path):
         assert im.format == "PNG" and im.height > 20 * len(bars)
 
 
+def test_stand_in_model_bars_are_apart_with_a_legend():
+    bars = run_all.speedups(_results())
+    stand_in = [b for b in bars if b["stand_in"]]
+    assert [b["case"] for b in stand_in] == ["free x8"]  # the near-free model; resnet18 is a real model
+    fig = run_all.figure(bars, "test")
+    try:
+        real_ax, stand_in_ax = fig.axes[:2]
+        labels = lambda ax: [t.get_text() for t in ax.get_yticklabels()]
+        assert len(labels(real_ax)) == len(bars) - 1 and not any("free" in t for t in labels(real_ax))
+        assert labels(stand_in_ax) == ["Occlusion: free x8 (1 thr) vs Captum"]
+        assert "stand-in" in stand_in_ax.get_title(loc="left")
+        assert all(p.get_hatch() == "//" for p in stand_in_ax.patches)
+        legend = [t.get_text() for t in real_ax.get_legend().get_texts()]
+        assert {f"vs {b['against']}" for b in bars} | {"stand-in model"} == set(legend)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
 def test_section_is_replaced_and_the_rest_kept(tmp_path):
     md = tmp_path / "B.md"
     md.write_text("# Benchmarks\n\nhand-written GPU figures\n")
