@@ -280,7 +280,8 @@ def check_maps(set_name, methods, ours_out: Path, peers_out: Path, folder: Path,
                      "ok": None if tol is None else rel <= tol, "note": note})
 
     for i, key in enumerate(keys):
-        ours = {m: np.load(ours_out / "images" / key / f"{m}.npy") for m in methods}
+        ours_files = summary["images"][key]["files"]  # where our job put them (its folders are the stems)
+        ours = {m: np.load(ours_out / ours_files[f"{m}.npy"]) for m in methods}
         peer = {m: np.load(peers_out / "images" / key / f"{m}.npy") for m in methods}
         for m in methods:
             if m == "gradcam":
