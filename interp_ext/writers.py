@@ -279,7 +279,7 @@ a.zoom{cursor:zoom-in}
 .scale{display:flex;justify-content:space-between;width:160px;font-size:11px;font-weight:normal;color:#555}
 nav.pages{margin:.6em 0}
 nav.pages a,nav.pages b{margin-right:.4em}
-#zoom{position:fixed;inset:0;background:rgba(0,0,0,.85);display:flex;align-items:center;justify-content:center;
+#zoom{position:fixed;inset:0;background:rgba(0,0,0,.85);display:flex;flex-direction:column;align-items:center;justify-content:center;
   z-index:10;cursor:zoom-out;margin:0}
 #zoom[hidden]{display:none}
 #zoom img{width:min(90vw,82vh);height:auto;max-height:82vh;background:#fff}
