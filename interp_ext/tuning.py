@@ -163,7 +163,8 @@ def _save(key: str, measured: dict[Execution, float]) -> None:
 
 def _formats(model: nn.Module, example: torch.Tensor) -> tuple[torch.memory_format, ...]:
     """Channels-last is a candidate for 4-D inputs of a model with convolutions."""
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    # 4-D weights, not Conv2d modules: the folded copy (interp_ext.fusion) calls F.conv2d
+    has_conv = any(p.dim() == 4 for p in model.parameters())
     return (torch.contiguous_format, torch.channels_last) if example.dim() == 4 and has_conv else (torch.contiguous_format,)
 
 
@@ -252,6 +253,12 @@ class TunedForward(nn.Module):
     def __init__(self, model: nn.Module, kind: str):
         super().__init__()
         self.model, self.kind = model, kind
+
+    @property
+    def planned_model(self) -> nn.Module:
+        """What incremental occlusion traces and plans instead: the same function, and
+        its patch batches need no chunking."""
+        return self.model
 
     def forward(self, x: torch.Tensor, *args):
         """``model(x, *args)``: in tuned chunks along the first dimension of ``x`` (outputs

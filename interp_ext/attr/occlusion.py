@@ -3,6 +3,7 @@ accumulation ops: memory bounded by ``perturbations_per_eval``, no masks."""
 from __future__ import annotations
 
 import math
+import time
 
 from typing import Any, Optional, Sequence, Union
 
@@ -12,6 +13,7 @@ from tqdm.auto import tqdm
 
 from .. import incremental as _incremental
 from .. import ops
+from .. import tuning as _tuning  # used at call time (tuning imports attr)
 from ._common import Target, check_finite, check_inputs, in_eval_mode, model_output, normalize_target, resolve_target
 
 Window = Union[int, Sequence[int]]
@@ -93,14 +95,15 @@ def _upsample_window_scores(coarse: torch.Tensor, shape, window, stride, coarse_
 
 
 def _worth_tracing(model: nn.Module) -> bool:
-    """Whether the default (``incremental=None``) traces the model: only one with a
-    convolution can gain, and tracing runs ``forward`` once with proxies (a Python side
+    """Whether the default (``incremental=None``) traces the model: only one with
+    convolution weights can gain, and tracing runs ``forward`` once with proxies (a Python side
     effect in it, such as a counter, sees them), and the planned batches run the graph,
     not ``forward``, so hooks on the model would not see them: a model with hooks runs
     in full unless asked."""
     modules = list(model.modules())
     hooked = any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-    return not hooked and any(isinstance(m, nn.Conv2d) for m in modules)
+    # 4-D weights, not Conv2d modules: a folded copy (interp_ext.fusion) calls F.conv2d
+    return not hooked and any(p.dim() == 4 for p in model.parameters())
 
 
 class Occlusion:
@@ -163,6 +166,11 @@ class Occlusion:
         (0, 1] of the map's side, centred on the window; changes outside it are ignored.
         Faster where the exact region grows to the whole map (BENCHMARKS.md gives the
         speed-up and SSIM against the exact map). Implies ``incremental``.
+
+        Incremental batches are sized and laid out by measurement (`interp_ext.tuning`:
+        windows per batch up to ``perturbations_per_eval``, NCHW or channels-last for the
+        layers that run in full), so maps agree with full re-inference to float
+        rounding, not bit for bit.
         """
         check_inputs(inputs, min_dim=4, model=self.model)
         if inputs.dim() != 4:
@@ -199,7 +207,7 @@ class Occlusion:
 
         with torch.inference_mode():  # forward only: no autograd records, no version counters
             plan, grid = None, None
-            if incremental or field_threshold is not None or (incremental is None and _worth_tracing(self.model)):
+            if incremental or field_threshold is not None or (incremental is None and _worth_tracing(self._planned)):
                 plan, grid, reason = self._plan(x, window, stride, field_threshold, additional_forward_args)
                 if plan is not None and incremental is None and field_threshold is None and plan.flop_ratio < 1.2:
                     plan = None  # not worth it: full copies
@@ -217,27 +225,40 @@ class Occlusion:
                 (min(perturbations_per_eval, total) * n, c, h, w), dtype=x.dtype, device=x.device)
             samples_of = torch.arange(n, device=x.device)
 
-            def outputs(ids: torch.Tensor, stride_: tuple) -> torch.Tensor:
+            def outputs(ids: torch.Tensor, stride_: tuple, execution) -> torch.Tensor:
                 """Scores of the copies occluding window ids[j, n] of image n (row j N + n)."""
                 count = ids.shape[0]
                 if plan is None:
                     batch = ops.occlusion_batch_at(x, base, window, stride_, ids, out=buffer[: count * n])
                     return model_output(self.model(batch, *_expand_args(additional_forward_args, n, count)))
-                coarse_plan, coarse_grid = (plan, grid) if stride_ == stride else self._plan(
+                run_plan, run_grid = (plan, grid) if stride_ == stride else self._plan(
                     x, window, stride_, field_threshold, None)[:2]
                 windows, samples = ids.reshape(-1), samples_of.repeat(count)
-                patches = _incremental.input_patches(coarse_plan, coarse_grid, x, base, windows, samples)
-                return model_output(coarse_plan.run(kept, windows, samples, patches))
+                patches = _incremental.input_patches(run_plan, run_grid, x, base, windows, samples)
+                return model_output(run_plan.run(kept, windows, samples, patches, execution.memory_format))
 
             def score_drops(count_total: int, ids_of, stride_: tuple, desc: str) -> torch.Tensor:
                 """(N, count_total) clean score minus the score of each occluded copy."""
                 diffs = torch.empty(n, count_total, dtype=clean_score.dtype, device=x.device)
-                starts = range(0, count_total, perturbations_per_eval)
-                for start in tqdm(starts, desc=desc, unit="chunk", disable=not show_progress):
-                    count = min(perturbations_per_eval, count_total - start)
-                    out = outputs(ids_of(start, count), stride_)
-                    scores = out.gather(1, idx.repeat(count)[:, None]).view(count, n)
-                    diffs[:, start : start + count] = clean_score[:, None] - scores.t()
+                # incremental batches: the windows per batch (within perturbations_per_eval) and
+                # the late layers' layout are measured on the work itself (see interp_ext.tuning)
+                tuner = None if plan is None else _tuning.tuner_for(
+                    self._planned, f"occlusion-incremental {window} {stride_} {field_threshold}", x)
+                start = 0
+                with tqdm(total=count_total, desc=desc, unit="window", disable=not show_progress) as bar:
+                    while start < count_total:
+                        execution = tuner.next(perturbations_per_eval) if tuner else None
+                        count = min(execution.batch if execution else perturbations_per_eval, count_total - start)
+                        began = time.perf_counter()
+                        out = outputs(ids_of(start, count), stride_, execution)
+                        scores = out.gather(1, idx.repeat(count)[:, None]).view(count, n)
+                        diffs[:, start : start + count] = clean_score[:, None] - scores.t()
+                        if tuner:
+                            if x.device.type == "cuda":
+                                torch.cuda.synchronize(x.device)
+                            tuner.record(execution, count, time.perf_counter() - began)
+                        start += count
+                        bar.update(count)
                 return diffs
 
             def window_range(start: int, count: int) -> torch.Tensor:
@@ -262,7 +283,12 @@ class Occlusion:
     def _plan(self, x, window, stride, field_threshold, additional_forward_args):
         if additional_forward_args is not None:
             return None, None, "additional_forward_args are not planned (the graph is traced with one input)"
-        return _incremental.plan_for(self.model, x, window, stride, field_threshold)
+        return _incremental.plan_for(self._planned, x, window, stride, field_threshold)
+
+    @property
+    def _planned(self) -> nn.Module:
+        # a wrapper computing the same function (tuning.TunedForward) names what to plan
+        return getattr(self.model, "planned_model", self.model)
 
     @in_eval_mode
     def incremental_plan(self, inputs: torch.Tensor, sliding_window_shapes: Window, strides: Optional[Window] = None,
