@@ -101,7 +101,9 @@ if model_name == "lite0":
 else:
     import torchvision
     model = getattr(torchvision.models, model_name)(weights=None).eval()
-x = torch.rand(1, 3, 224, 224) * 2 - 1
+device = torch.device(sys.argv[7])
+model = model.to(device)
+x = torch.rand(1, 3, 224, 224, device=device) * 2 - 1
 kw = dict(sliding_window_shapes=(3, 16, 16), strides=(3, stride, stride), baselines=0.0, target=0,
           perturbations_per_eval=ppe)
 ratio = None
@@ -119,15 +121,20 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 before = status_mb("VmRSS")
 start = time.perf_counter()
+def sync():
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 with torch.no_grad():
     attr = run()
+sync()
 total = cold = time.perf_counter() - start
 if which == "incremental":  # again, warm: the trace, the plan and the batch tuning are kept per model
     start = time.perf_counter()
     with torch.no_grad():
         attr = run()
+    sync()
     total = time.perf_counter() - start
-torch.save(attr, sys.argv[6])
+torch.save(attr.cpu(), sys.argv[6])
 print(json.dumps({"seconds": total, "cold_seconds": cold, "call_peak_mb": status_mb("VmHWM") - before,
                   "flop_ratio": ratio}))
 """
@@ -142,7 +149,7 @@ def incremental_table(args) -> int:
             r = {}
             for which in ("incremental", "full", "captum"):
                 cmd = [sys.executable, "-c", INCREMENTAL_CHILD, which, model, str(stride), str(args.ppe), str(args.threads),
-                       f"/tmp/occ_inc_{which}.pt"]
+                       f"/tmp/occ_inc_{which}.pt", args.device]
                 # no tuning cache on disk: the first incremental call measures its batches afresh
                 res = subprocess.run(cmd, capture_output=True, text=True, timeout=7200,
                                      env={**os.environ, "INTERP_EXT_CACHE": "off"})
@@ -167,15 +174,17 @@ def incremental_table(args) -> int:
                   f"captum {row['captum_s']:.1f} s | x{row['vs_full']:.2f} vs full, x{row['vs_captum']:.2f} vs captum "
                   f"(plan {row['flop_ratio']:.2f}x: {row['of_flop_ratio']:.0%}) | max diff {row['max_diff_vs_full']:.1e}",
                   flush=True)
-    payload = {"machine": common.machine("cpu"), "incremental": rows, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    machine = common.machine(args.device)
+    where = machine["device"] if args.device == "cuda" else machine["cpu"]
+    payload = {"machine": machine, "incremental": rows, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                "torch": torch.__version__}
     md = ("### Incremental occlusion (exact), 1 image 224x224, window (3,16,16), perturbations_per_eval "
-          f"{args.ppe}, {args.threads} thread(s), torch {torch.__version__}, " + payload["machine"]["cpu"] + "\n\n"
+          f"{args.ppe}, {args.threads} thread(s), torch {torch.__version__}, {where}\n\n"
           + common.md_table(rows, ["model", "stride", "windows", "threads", "flop_ratio", "incremental_s",
                                    "incremental_cold_s", "full_s",
                                    "captum_s", "vs_full", "vs_captum", "of_flop_ratio", "incremental_call_mb",
                                    "full_call_mb", "captum_call_mb", "max_diff_vs_full", "max_diff_vs_captum"]))
-    path = common.write(f"occlusion_incremental_cpu_{args.threads}thread", payload, md + "\n", args.out)
+    path = common.write(f"occlusion_incremental_{args.device}_{args.threads}thread", payload, md + "\n", args.out)
     print(f"wrote {path} and its .json")
     return 0
 
@@ -299,6 +308,7 @@ def main(argv=None) -> int:
     p.add_argument("--refine-study", action="store_true", help="time and SSIM of refine= on the bundled model")
     p.add_argument("--incremental", action="store_true", help="incremental vs full re-inference vs Captum")
     p.add_argument("--strides", default="8,16", help="--incremental: comma list of strides (default 8,16)")
+    p.add_argument("--device", default="cpu", help="--incremental: cpu or cuda (default cpu)")
     p.add_argument("--field-study", action="store_true", help="time and SSIM of field_threshold=")
     args = p.parse_args(argv)
     if args.refine_study:

@@ -71,6 +71,12 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
             ops.separable_filter(blur_x, taps, taps[:1], pad, out=torch.empty_like(blur_x))
             torch.ops.interp_ext.separable_filter_backward(blur_x, taps, taps[:1], pad)
     ops.total_variation(img, 1.5); torch.ops.interp_ext.total_variation_backward(torch.ones(2, device="cuda", dtype=dtype), img, 1.5)
+    src = torch.randn(3, 5, 23, 17, device="cuda", dtype=dtype); k = 70
+    sample = torch.randint(0, 3, (k,), device="cuda"); origin = torch.randint(-9, 25, (k, 2), device="cuda")
+    patch = torch.randn(k, 5, 6, 4, device="cuda", dtype=dtype); porigin = torch.randint(-5, 22, (k, 2), device="cuda")
+    ops.patch_splice(src, sample, origin, (11, 9), float("-inf"), patch, porigin)
+    ops.patch_splice(src, sample, origin, (0, 9)); ops.patch_splice(src, sample[:0], origin[:0], (3, 3))
+    ops.patch_splice(src, sample, origin, (11, 9), 0.0, patch, porigin, out=torch.empty(k, 5, 9, 11, device="cuda", dtype=dtype).transpose(2, 3))
     reg = img.clone(); ops.regularize_step_(reg, torch.randn_like(reg), 0.5, decay=0.1, grad_percentile=10.0,
                                             norm_percentile=20.0, contribution_percentile=20.0)
 # launch-geometry edges: grid y past 65535 (loops), windows beyond the border, a huge stride
@@ -93,6 +99,27 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   for b in benchmarks/bench_guided_relu.py benchmarks/bench_gradcam.py benchmarks/bench_blur.py; do
     $PY "$b" --device cuda --out "$OUT" ${QUICK:+--quick} 2>&1 | grep -v Warning || status=1
   done
+  # incremental occlusion vs full re-inference vs Captum on the card (stride 16 only: the time budget)
+  $PY benchmarks/bench_occlusion.py --incremental --device cuda --strides 16 ${QUICK:+--models resnet18} --out "$OUT" \
+    2>&1 | grep -v Warning || status=1
+  # patch_splice against a same-size copy (the issue asks for within 2x)
+  $PY - > "$OUT/patch_splice_vs_copy.json" <<'PYEOF' || status=1
+import json, torch
+from interp_ext import ops
+src = torch.randn(1, 64, 112, 112, device="cuda"); k = 256
+sample = torch.zeros(k, dtype=torch.long, device="cuda"); origin = torch.randint(-2, 100, (k, 2), device="cuda")
+patch = torch.randn(k, 64, 16, 16, device="cuda"); porigin = origin + 1
+out = torch.empty(k, 64, 19, 19, device="cuda")
+def ms(fn, reps=50):
+    fn(); torch.cuda.synchronize(); a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record(); [fn() for _ in range(reps)]; b.record(); torch.cuda.synchronize(); return a.elapsed_time(b) / reps
+splice = ms(lambda: ops.patch_splice(src, sample, origin, (19, 19), 0.0, patch, porigin, out=out))
+same = torch.randn_like(out)
+copy = ms(lambda: out.copy_(same))
+print(json.dumps({"device": torch.cuda.get_device_name(), "patch_splice_ms": splice, "same_size_copy_ms": copy,
+                  "ratio": splice / copy}))
+PYEOF
+  cat "$OUT/patch_splice_vs_copy.json"
 fi
 
 step "done, status $status"

@@ -183,4 +183,31 @@ refused(lambda: op.regularize_step_(x, x.clone(), 1.0, 0.0, 100.0, 0.0, 0.0), "g
 refused(lambda: op.regularize_step_(x, x.clone(), 1.0, 1.0, 0.0, 0.0, 0.0), "decay")
 refused(lambda: op.regularize_step_(x, x, 1.0, 0.0, 0.0, 0.0, 0.0), "must not share memory")
 
+# ---- patch_splice: boxes and patches partly or wholly outside the map, empty sizes ----
+for dtype in (torch.float32, torch.float64, torch.float16):
+    for hw, size, psize in (((1, 1), (3, 3), (1, 1)), ((6, 9), (5, 4), (3, 7)), ((64, 3), (70, 5), (2, 1)),
+                            ((5, 5), (0, 3), (2, 2)), ((5, 5), (2, 2), (0, 0))):
+        src = torch.randn(3, 2, *hw).to(dtype)
+        k = 9
+        sample = torch.randint(0, 3, (k,))
+        origin = torch.randint(-8, 12, (k, 2))
+        origin[0] = torch.tensor([-(2**39), 2**39])  # far outside: all padding
+        patch = torch.randn(k, 2, *psize).to(dtype)
+        porigin = torch.randint(-6, 10, (k, 2))
+        for pad in (0.0, float("-inf")):
+            same(op.patch_splice(src, sample, origin, list(size), pad, patch, porigin),
+                 ref.patch_splice(src, sample, origin, size, pad, patch, porigin))
+            same(op.patch_splice(src, sample, origin, list(size), pad, None, None),
+                 ref.patch_splice(src, sample, origin, size, pad))
+        buf = torch.full((k, 2, *size), float("nan"), dtype=dtype)
+        op.patch_splice.out(src, sample, origin, list(size), 1.0, patch, porigin, out=buf)
+        same(buf, ref.patch_splice(src, sample, origin, size, 1.0, patch, porigin))
+src = torch.randn(2, 2, 4, 4)
+zero2 = torch.zeros(1, 2, dtype=torch.long)
+refused(lambda: op.patch_splice(src, torch.tensor([2]), zero2, [2, 2], 0.0, None, None), "sample ids")
+refused(lambda: op.patch_splice(src, torch.tensor([-1]), zero2, [2, 2], 0.0, None, None), "sample ids")
+refused(lambda: op.patch_splice(src, torch.tensor([0]), zero2 + 2**41, [2, 2], 0.0, None, None), "within 2^40")
+refused(lambda: op.patch_splice(src, torch.tensor([0]), zero2, [2, -1], 0.0, None, None), "size must be")
+refused(lambda: op.patch_splice(src, torch.tensor([0]), zero2, [2, 2], 0.0, torch.randn(1, 3, 2, 2), zero2), "patch must be")
+
 print(f"ok: {cases} cases")
