@@ -133,12 +133,26 @@ def save_png(image: Image.Image, path: Union[str, Path]) -> Path:
 
 IMAGES = "images"  # every image's folder lies under DIR/images
 _DEDUP_TAIL = re.compile(r"~\d+$")  # discover()'s suffix of a repeated name ("flower.jpg~2")
+_UNSAFE_PARTS = ("", ".", "..")  # never a folder's name: they name the folder itself or the one above
+
+
+def _safe_part(part: str) -> str:
+    """A path component usable as a folder name: "." and ".." spelled out (%2E), "" as "_"."""
+    if part in _UNSAFE_PARTS:
+        return part.replace(".", "%2E") or "_"
+    return part
 
 
 def _parents(folder: str) -> list[str]:
     """"images/a/b/c" -> ["images", "images/a", "images/a/b"]."""
     parts = folder.split("/")
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _fold(folder: str) -> str:
+    """`folder` as a case-insensitive file system sees it (macOS, Windows, exFAT, SMB):
+    ``images/Photo`` and ``images/photo`` are one folder there."""
+    return folder.casefold()
 
 
 def folder_of_record(rec: Optional[dict]) -> Optional[str]:
@@ -154,7 +168,7 @@ def folder_of_record(rec: Optional[dict]) -> Optional[str]:
     folder = parents.pop() if len(parents) == 1 else None
     if folder is None or not folder.startswith(IMAGES + "/"):
         return None
-    if any(part in ("", ".", "..") for part in folder.split("/")):
+    if any(part in _UNSAFE_PARTS for part in folder.split("/")):
         return None
     return folder
 
@@ -163,53 +177,68 @@ def image_folders(keys: Sequence[str], claimed: Optional[Mapping[str, str]] = No
     """Each image's output folder, relative to DIR: ``images/<the key's folders>/<stem>``
     (``inputs/china.jpg`` -> ``images/inputs/china``), unique among the images.
 
-    `keys`: the images' keys in discovery order (every rank of a run passes the same list,
-    so every rank finds the same folders). `claimed`: key -> the folder its existing record
-    uses (:func:`recorded_folders`; keys of images not in this run too). An image keeps its
-    recorded folder, so a re-run finds its files where they are (outputs made before
-    folders were named by the stem included); a folder recorded for another image is never
-    given out, so no new input overwrites files a record still points at.
+    `keys`: the images' keys in discovery order (the run's owner works the folders out
+    once and every rank adopts them). `claimed`: key -> the folder its existing record
+    uses (:func:`recorded_folders`; keys of images not in this run too). A folder a record
+    uses wins: its image keeps it, so a re-run finds its files where they are (outputs
+    made before folders were named by the stem included), and it is never given to
+    another image, so no new input overwrites files a record still points at. The only
+    claims not kept: one that is a folder some key of this run needs as a parent
+    (``images/s`` when ``s/c.png`` is an input), and, of two claims of this run's images
+    that are the same folder or one inside the other, the later (the image is redone).
 
-    Collisions: a folder is never one an image's key needs as a parent (``a.png`` beside a
-    folder ``a/``: ``a.png`` gets ``images/a.png``), never the folder ``images/<key>`` of
-    another image (where outputs of earlier versions live), never inside another image's
-    folder or around one, and never given twice: the first image in `keys` gets the stem,
-    the next the file name (``a.jpg`` -> ``images/a``, ``a.png`` -> ``images/a.png``), then
-    ``stem~2``, ``stem~3``..."""
+    New folders: never one an image's key needs as a parent (``a.png`` beside a folder
+    ``a/``: ``a.png`` gets ``images/a.png``), never the folder ``images/<key>`` of another
+    image of the run (where outputs of earlier versions live), never inside another
+    image's folder or around one, never given twice: the first image in `keys` gets the
+    stem, the next the file name (``a.jpg`` -> ``images/a``, ``a.png`` ->
+    ``images/a.png``), then ``stem~2``, ``stem~3``... A stem that is "", "." or ".."
+    (``..jpg``) is replaced by the file name. Folders are compared case-folded, so they
+    stay apart on case-insensitive file systems too (``Photo.JPG`` -> ``images/Photo``,
+    ``photo.png`` -> ``images/photo.png``); each keeps its spelling on disk."""
     keys = list(dict.fromkeys(keys))
     claimed = dict(claimed or {})
-    dirs: set[str] = set()  # every folder an image's key needs as a parent
-    for key in keys:
-        dirs.update(_parents(f"{IMAGES}/{key}"))
-    legacy = {f"{IMAGES}/{key}": key for key in keys}  # the folder earlier versions used: the whole key
-    used: set[str] = set()
+    paths = {key: "/".join([IMAGES, *map(_safe_part, key.split("/"))]) for key in keys}
+    dirs: set[str] = set()  # every folder (case-folded) an image's key needs as a parent
+    for path in paths.values():
+        dirs.update(_fold(p) for p in _parents(path))
+    legacy = {_fold(f"{IMAGES}/{key}"): key for key in keys}  # the folder earlier versions used: the whole key
+    used: set[str] = set()  # case-folded, as every set here
     above_used: set[str] = set()  # the parents of the folders given
     folders: dict[str, str] = {}
 
-    def free(folder: str, key: str) -> bool:
-        if folder in used or folder in dirs or folder in above_used or legacy.get(folder, key) != key:
-            return False
-        return not any(p in used for p in _parents(folder))  # not inside another image's folder
+    def clashes(folder: str) -> bool:  # the same as, inside or around a folder given
+        f = _fold(folder)
+        return f in used or f in above_used or any(_fold(p) in used for p in _parents(folder))
 
-    def take(folder: str, key: str) -> None:
-        used.add(folder)
-        above_used.update(_parents(folder))
-        folders[key] = folder
+    def take(folder: str, key: Optional[str]) -> None:
+        used.add(_fold(folder))
+        above_used.update(_fold(p) for p in _parents(folder))
+        if key is not None:
+            folders[key] = folder
 
     for key in keys:  # this run's images keep the folders their records use
         folder = claimed.get(key)
-        if folder and free(folder, key):
+        if folder and _fold(folder) not in dirs and not clashes(folder):
             take(folder, key)
-    for key, folder in claimed.items():  # and no image gets a folder another image's record uses
-        if key not in folders and free(folder, key):
-            take(folder, key)
+    in_run = set(keys)
+    for key, folder in sorted(claimed.items()):  # no image gets a folder another image's record uses
+        if key not in in_run and folder and _fold(folder) not in dirs and _fold(folder) not in used:
+            take(folder, None)
+
+    def free(folder: str, key: str) -> bool:
+        f = _fold(folder)
+        return f not in dirs and legacy.get(f, key) == key and not clashes(folder)
+
     for key in keys:
         if key in folders:
             continue
-        parent, _, name = f"{IMAGES}/{key}".rpartition("/")
+        parent, _, name = paths[key].rpartition("/")
         base = _DEDUP_TAIL.sub("", name) or name
-        stem = PurePosixPath(base).stem or base
-        candidates = itertools.chain((stem, base), (f"{stem}~{k}" for k in itertools.count(2)))
+        stem = PurePosixPath(base).stem
+        if stem in _UNSAFE_PARTS:  # "..jpg" has the stem ".": the whole name instead
+            stem = base
+        candidates = itertools.chain(dict.fromkeys((stem, base)), (f"{stem}~{k}" for k in itertools.count(2)))
         folder = next(f for f in (f"{parent}/{c}" for c in candidates) if free(f, key))
         take(folder, key)
     return {key: folders[key] for key in keys}
@@ -231,13 +260,15 @@ def recorded_folders(out: Path) -> dict[str, str]:
     return found
 
 
-def outputs_of(out: Path, image: InputImage, methods: Sequence[str], folder: Optional[str] = None) -> dict[str, Path]:
+def outputs_of(out: Path, image: InputImage, methods: Sequence[str], folder: str) -> dict[str, Path]:
     """The files of one image: ``input`` (the crop) and per method ``<m>.png`` and
     ``<m>.npy``, in `folder` (relative to `out`; from :func:`image_folders`, which keeps
-    the folders of all the run's images apart; default: the image's folder when it is
-    the only image)."""
-    if folder is None:
-        folder = image_folders([image.key])[image.key]
+    the folders of all the run's images apart: an image's folder is never worked out
+    on its own)."""
+    if not isinstance(folder, str) or not folder.startswith(IMAGES + "/") or any(
+            part in _UNSAFE_PARTS for part in folder.split("/")):
+        raise ValueError(f"the output folder of {display_name(image.key)!r} must be a folder under {IMAGES}/ "
+                         f"from image_folders(), got {folder!r}")
     folder = Path(out) / folder
     files = {"input": folder / "input.png"}
     for m in methods:
@@ -266,7 +297,9 @@ def _scale_kinds(methods: Sequence[str]) -> dict[str, str]:
     return kinds
 
 
-_SCALE_LABELS = {"heat": ("low", "high"), "signed": ("\u2212", "0", "+")}
+# the labels under a colour bar, left to right: the gallery's column headers and gallery.png's strip
+# (ASCII: the contact sheet's fallback bitmap font has no minus sign)
+_SCALE_LABELS = {"heat": ("low", "high"), "signed": ("-", "0", "+")}
 
 _GALLERY_STYLE = """\
 body{font-family:sans-serif;margin:1em;color:#222}
@@ -362,6 +395,8 @@ def write_gallery(out: Path, summary: dict, page_size: int = GALLERY_PAGE) -> Pa
     page. Returns the path of index.html."""
     if page_size < 1:
         raise ValueError(f"page_size must be positive, got {page_size}")
+    from . import viz  # here, not at the top: viz imports this module
+
     methods = summary["methods"]
     kinds = _scale_kinds(methods)
     items = sorted(summary["images"].items())
@@ -370,8 +405,6 @@ def write_gallery(out: Path, summary: dict, page_size: int = GALLERY_PAGE) -> Pa
     for m in methods:
         bar = ""
         if m in kinds:
-            from . import viz
-
             labels = "".join(f"<span>{html.escape(t)}</span>" for t in _SCALE_LABELS[kinds[m]])
             bar = (f'<div class="bar" style="background:{viz.css_gradient(kinds[m])}"></div>'
                    f'<div class="scale">{labels}</div>')
@@ -435,6 +468,11 @@ def write_gallery(out: Path, summary: dict, page_size: int = GALLERY_PAGE) -> Pa
             os.unlink(path)
         except OSError:
             pass
+    if count == 1:
+        try:
+            os.rmdir(out / "pages")  # a single page: no pages/ folder (if nothing else is in it)
+        except OSError:
+            pass
     return out / "index.html"
 
 
@@ -451,9 +489,13 @@ def _fit(draw: Any, text: str, font: Any, width: int) -> str:
 def write_contact_sheet(out: Path, summary: dict, thumb: int = 112, max_images: int = 16) -> Optional[Path]:
     """DIR/gallery.png: the first `max_images` images x (input + methods) as one picture,
     for a README or a report (the full set is in index.html). Each row is labelled with
-    the image's name, its target class and the model's top-1 class; the columns with the
-    method names; a strip at the bottom holds the colour bars of the heat and signed maps."""
+    the image's name, its target class and the model's top-1 class (as many of these
+    lines as the row's height holds, in that order; a label never reaches into the next
+    row); the columns with the method names; a strip at the bottom holds the colour bars
+    of the heat and signed maps."""
     from PIL import ImageDraw, ImageFont
+
+    from . import viz  # here, not at the top: viz imports this module
 
     keys = sorted(summary["images"])[:max_images]
     if not keys:
@@ -472,18 +514,22 @@ def write_contact_sheet(out: Path, summary: dict, thumb: int = 112, max_images: 
     draw = ImageDraw.Draw(sheet)
     for c, name in enumerate(columns):
         draw.text((label_w + c * thumb + 4, 3), _fit(draw, name, font, thumb - 8), fill="black", font=font)
+    pad = 6 if thumb >= 64 else 2  # above the first line of a row's label
     for r, key in enumerate(keys):
         entry = summary["images"][key]
         y = head_h + r * thumb
         top = entry.get("top5") or []
         target = display_name(entry.get("target_name", entry.get("target", "")))
-        lines = [_fit(draw, display_name(key), font, label_w - 8), _fit(draw, f"class: {target}", font, label_w - 8)]
-        if top and display_name(top[0]["class"]) != target:
-            lines.append(_fit(draw, f"top-1: {display_name(top[0]['class'])}", font, label_w - 8))
+        lines = [display_name(key), f"class: {target}"]
         if top:
-            lines.append(f"p(top-1) {top[0]['probability']:.0%}")
-        for i, line in enumerate(lines):
-            draw.text((4, y + 6 + i * line_h), line, fill="black", font=font)
+            cls, p = display_name(top[0]["class"]), top[0]["probability"]
+            lines.append(f"top-1: {cls} ({p:.0%})" if cls != target else f"p(top-1) {p:.0%}")
+        # drawn in a cell of the row's size and pasted: nothing can reach into the next row
+        label = Image.new("RGB", (label_w, thumb), "white")
+        pen = ImageDraw.Draw(label)
+        for i, line in enumerate(lines[: max(1, (thumb - pad) // line_h)]):
+            pen.text((4, pad + i * line_h), _fit(pen, line, font, label_w - 8), fill="black", font=font)
+        sheet.paste(label, (0, y))
         if r:
             draw.line([(0, y), (width, y)], fill=(200, 200, 200))
         files = entry.get("files") or {}
@@ -496,20 +542,18 @@ def write_contact_sheet(out: Path, summary: dict, thumb: int = 112, max_images: 
                 except (OSError, ValueError):  # changed under us: leave the cell blank
                     pass
     if kinds:
-        from . import viz
-
         y = head_h + thumb * len(keys) + 8
         x = 4
         for kind, text in (("heat", "heat maps"), ("signed", "signed maps")):
             if kind not in kinds.values():
                 continue
             labels = _SCALE_LABELS[kind]
-            lo, hi = ("low", "high") if kind == "heat" else ("-", "+")
+            lo, hi = labels[0], labels[-1]
             draw.text((x, y + 1), f"{text}:  {lo}", fill="black", font=font)
             x += int(draw.textlength(f"{text}:  {lo}", font=font)) + 4
             sheet.paste(viz.colorbar(kind, 120, 10), (x, y + 2))
-            if len(labels) == 3:
-                draw.text((x + 60 - 3, y + 13), "0", fill="black", font=font)
+            if len(labels) == 3:  # the middle label under the bar's centre
+                draw.text((x + 60 - 3, y + 13), labels[1], fill="black", font=font)
             x += 124
             draw.text((x, y + 1), hi, fill="black", font=font)
             x += int(draw.textlength(hi, font=font)) + 24
@@ -584,14 +628,15 @@ def read_records(out: Path) -> dict[str, dict]:
 def write_image(out: Path, image: InputImage, image_config: dict, method_configs: Mapping[str, dict],
                 crop: Image.Image, maps: Mapping[str, torch.Tensor], fields: dict,
                 draw: Callable[[str, Image.Image, torch.Tensor], Image.Image], kinds: Mapping[str, str],
-                execution: Optional[dict] = None, folder: Optional[str] = None) -> dict:
+                execution: Optional[dict] = None, *, folder: str) -> dict:
     """One image's files, then its record (last: a record means every file is complete).
     `method_configs`: per requested method its recorded options and layer; `maps`: per
     method the image's map; `draw(kind, crop, map)` its picture (`kinds[method]`);
     `fields`: target, target_name, top5; `execution`: settings recorded but not matched
-    on resume (they change no map); `folder`: the image's folder relative to `out`
-    (:func:`image_folders`). Returns the image's summary entry. Any file that
-    cannot be written raises :class:`WriteError` (the image then has no record)."""
+    on resume (they change no map); `folder` (required): the image's folder relative to
+    `out`, from :func:`image_folders` over all the run's images. Returns the image's
+    summary entry. Any file that cannot be written raises :class:`WriteError` (the image
+    then has no record)."""
     methods = list(method_configs)
     rpath = record_path(out, image.key)
     old = read_record(rpath)

@@ -229,18 +229,70 @@ def test_signed_maps_are_centred_on_zero():
 
 
 def test_contact_sheet_labels_rows_with_name_and_class(tmp_path):
-    summary = _records(tmp_path, 3, size=32)
+    thumb = 32
+    summary = _records(tmp_path, 3, size=thumb)
     summary["images"]["set/img0001.jpg"]["target_name"] = "tench"  # target differs from the top-1 class
-    sheet_path = writers.write_contact_sheet(tmp_path, summary, thumb=32)
-    with Image.open(sheet_path) as im:
-        sheet = np.asarray(im.convert("L"))
-    label_w = sheet.shape[1] - 32 * (1 + len(METHODS))
-    assert label_w >= 100  # a label column before the pictures
+
+    def sheet_of(s):
+        with Image.open(writers.write_contact_sheet(tmp_path, s, thumb=thumb)) as im:
+            return np.asarray(im.convert("L"))
+
+    def label(sheet, r):  # row r's label cell, below the line between the rows
+        width = sheet.shape[1] - thumb * (1 + len(METHODS))
+        return sheet[18 + r * thumb + 1: 18 + (r + 1) * thumb, :width]
+
+    sheet = sheet_of(summary)
+    assert label(sheet, 0).shape[1] >= 100  # a label column before the pictures
     for r in range(3):  # text (dark pixels) in each row's label cell
-        cell = sheet[18 + r * 32 + 2: 18 + (r + 1) * 32 - 2, :label_w]
-        assert (cell < 128).sum() > 30, r
-    legend = sheet[18 + 3 * 32:]
+        assert (label(sheet, r) < 128).sum() > 30, r
+    # each row's label is all its own: a row drawn alone looks the same (nothing of the
+    # row above it, with its longer label, reaches into it)
+    for key in summary["images"]:
+        alone = sheet_of(dict(summary, images={key: summary["images"][key]}))
+        assert np.array_equal(label(alone, 0), label(sheet, sorted(summary["images"]).index(key))), key
+    # the class is on the label: another class, another label (the name and the class fit at thumb 32)
+    other = json.loads(json.dumps(summary))
+    other["images"]["set/img0001.jpg"]["target_name"] = "hammerhead"
+    changed = sheet_of(other)
+    assert not np.array_equal(label(changed, 1), label(sheet, 1))
+    assert np.array_equal(label(changed, 0), label(sheet, 0)) and np.array_equal(label(changed, 2), label(sheet, 2))
+    legend = sheet[18 + 3 * thumb:]
     assert legend.shape[0] > 10 and (legend < 128).any()  # the colour-bar strip under the rows
+
+
+def test_names_with_markup_characters_are_escaped(tmp_path):
+    """A name with " < > & ' is text in the page: escaped in attributes and in text, its
+    links still lead to its pictures."""
+    summary = _records(tmp_path, 2)
+    key = """we"ird <b>&amp;'s</b>.jpg"""
+    folder = writers.image_folders([key])[key]
+    files = {"input": f"{folder}/input.png", **{f"{m}.png": f"{folder}/{m}.png" for m in METHODS}}
+    for rel in files.values():
+        writers.atomic_write_bytes(tmp_path / rel, png.encode(np.zeros((8, 8, 3), dtype=np.uint8)))
+    summary["images"][key] = dict(next(iter(summary["images"].values())), files=files, target_name="<i>fish</i> & 'co'")
+    text = writers.write_gallery(tmp_path, summary).read_text(encoding="utf-8")
+    assert "<b>" not in text and "<i>" not in text and "&amp;amp;" in text  # the name's "&amp;" is text too
+    page = _parse(tmp_path / "index.html")
+    assert key in page.rows  # the row's heading reads as the name itself
+    captions = [a["data-caption"] for a in page.zoom if a["data-caption"].startswith(key)]
+    assert captions == [f"{key}: {name}" for name in ["input", *METHODS]]  # attributes decode to the name
+    assert all(img["alt"] in captions for img in page.images if img["alt"].startswith(key))
+    for a in page.zoom:
+        assert (tmp_path / urllib.parse.unquote(a["href"])).is_file(), a["href"]
+    assert "target: &lt;i&gt;fish&lt;/i&gt; &amp; &#x27;co&#x27;</small>" in text  # text: escaped too
+    writers.write_contact_sheet(tmp_path, summary)  # the picture's labels take any name
+
+
+def test_going_back_to_one_page_leaves_no_pages(tmp_path):
+    summary = _records(tmp_path, 25)
+    writers.write_gallery(tmp_path, summary, page_size=10)
+    assert sorted(p.name for p in (tmp_path / "pages").iterdir()) == ["2.html", "3.html"]
+    few = dict(summary, images=dict(list(summary["images"].items())[:10]))
+    writers.write_gallery(tmp_path, few, page_size=10)
+    assert not (tmp_path / "pages").exists()  # no stale page, no empty folder
+    page = _parse(tmp_path / "index.html")
+    assert page.pages == [] and len([r for r in page.rows if r != "image"]) == 10
+    assert "page 1 of" not in (tmp_path / "index.html").read_text()
 
 
 def test_folder_names_are_stems_and_unique():
@@ -262,3 +314,36 @@ def test_folder_names_are_stems_and_unique():
     assert writers.folder_of_record({"files": {"input": "images/a/input.png", "x.png": "images/b/x.png"}}) is None
     assert writers.folder_of_record({"files": {"input": "../a/input.png"}}) is None
     assert writers.folder_of_record({"files": {"input": "images/a/input.png"}}) == "images/a"
+
+
+def test_a_folder_a_record_uses_wins_over_the_old_layout_rule():
+    # run 1 made a.jpg.png -> images/a.jpg, a.png -> images/a; run 2 has a.jpg and a.png: images/a.jpg is
+    # a.jpg's folder in the old layout, but a.jpg.png's record uses it, so a.jpg gets neither it nor images/a
+    claims = {"a.png": "images/a", "a.jpg.png": "images/a.jpg"}
+    assert writers.image_folders(["a.jpg", "a.png"], claims) == {"a.jpg": "images/a~2", "a.png": "images/a"}
+    # and an image of the run keeps a folder its record uses even when it is another image's old-layout folder
+    assert writers.image_folders(["x.jpg", "x.jpg.png"], {"x.jpg.png": "images/x.jpg"}) == {
+        "x.jpg": "images/x", "x.jpg.png": "images/x.jpg"}
+
+
+def test_folders_differ_on_case_insensitive_file_systems():
+    folders = writers.image_folders(["Photo.JPG", "photo.png", "PHOTO.gif", "d/x.png", "D.png"])
+    assert folders == {"Photo.JPG": "images/Photo", "photo.png": "images/photo.png", "PHOTO.gif": "images/PHOTO.gif",
+                       "d/x.png": "images/d/x", "D.png": "images/D.png"}  # images/D is images/d there: a parent
+    assert len({f.casefold() for f in folders.values()}) == len(folders)
+    # a record's folder, spelled in another case, is held all the same
+    assert writers.image_folders(["a.png"], {"gone.png": "images/A"}) == {"a.png": "images/a.png"}
+    # two images of the run claiming one folder (made before folders were compared case-folded): the later moves
+    assert writers.image_folders(["A.png", "a.jpg"], {"A.png": "images/A", "a.jpg": "images/a"}) == {
+        "A.png": "images/A", "a.jpg": "images/a.jpg"}
+
+
+def test_no_folder_is_dot_or_dot_dot():
+    keys = ["..jpg", "...jpg", "in/..png", "in/...png~2", "./x.png", "in/../y.png", "z//w.png"]
+    folders = writers.image_folders(keys)
+    assert folders["..jpg"] == "images/..jpg" and folders["...jpg"] == "images/...jpg"  # stems "." and ".."
+    assert folders["in/..png"] == "images/in/..png" and folders["in/...png~2"] == "images/in/...png"
+    for key, folder in folders.items():
+        assert not any(part in ("", ".", "..") for part in folder.split("/")), (key, folder)
+        assert folder.startswith("images/") and len(folder) > len("images/")
+    assert len(set(folders.values())) == len(keys)
