@@ -52,6 +52,10 @@ class _DefaultsShown(argparse.HelpFormatter):
         return text
 
 
+class _ExplainHelp(argparse.RawDescriptionHelpFormatter, _DefaultsShown):
+    """explain's help: its description and the methods list kept as written, the defaults shown."""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp-ext", description="Fast CNN interpretability on batches of images.")
     parser.add_argument("--version", action="version", version=f"interp-ext {_version()}")
@@ -66,42 +70,39 @@ def _parser() -> argparse.ArgumentParser:
         help="attribution maps for many images: overlays, raw .npy maps, summary.json, index.html",
         description=_EXPLAIN_TEXT,
         epilog=methods_text,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_ExplainHelp,
     )
     ex.add_argument("inputs", nargs="+", help="image files, folders (recursive) or .txt files listing paths")
     ex.add_argument("--methods", default=",".join(registry.DEFAULT_METHODS), metavar="M1,M2,...",
-                    help=f"comma list of the methods listed below (default: {','.join(registry.DEFAULT_METHODS)})")
+                    help="comma list of the methods listed below")
     ex.add_argument("--model", default=models.BUNDLED,
-                    help=f"{models.BUNDLED} (bundled), a torchvision architecture with --weights, or module:function "
-                    f"(default: {models.BUNDLED})")
+                    help=f"{models.BUNDLED} (bundled), a torchvision architecture with --weights, or module:function")
     ex.add_argument("--weights", help="state-dict file for a torchvision architecture")
     ex.add_argument("--out", required=True, type=Path, help="output folder")
     ex.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
-                    help=f"images per model call (default: {d.batch_size})")
-    ex.add_argument("--device", default=d.device, help=f"auto, cpu, cuda or cuda:N (default: {d.device})")
-    ex.add_argument("--target", default=d.target,
-                    help=f"top1, a class index, or a CSV of image,label rows (default: {d.target})")
+                    help="images per model call")
+    ex.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    ex.add_argument("--target", default=d.target, help="top1, a class index, or a CSV of image,label rows")
     ex.add_argument("--layer", help="Grad-CAM layer (dotted module name); default: the model's last spatial layer")
     ex.add_argument("--occlusion-window", type=int, default=st.occlusion_window, metavar="PX",
-                    help=f"occlusion: side of the square window, in pixels (default: {st.occlusion_window})")
+                    help="occlusion: side of the square window, in pixels")
     ex.add_argument("--occlusion-stride", type=int, default=st.occlusion_stride, metavar="PX",
-                    help=f"occlusion: step between windows, at most the window (default: {st.occlusion_stride})")
+                    help="occlusion: step between windows, at most the window")
     ex.add_argument("--smoothgrad-samples", type=int, default=st.smoothgrad_samples, metavar="N",
-                    help=f"smoothgrad: noisy copies per image (default: {st.smoothgrad_samples})")
+                    help="smoothgrad: noisy copies per image")
     ex.add_argument("--ig-steps", type=int, default=st.ig_steps, metavar="N",
-                    help=f"integrated-gradients: points on the path from the baseline (default: {st.ig_steps})")
+                    help="integrated-gradients: points on the path from the baseline")
     ex.add_argument("--shapley-patch", type=int, default=st.shapley_patch, metavar="PX",
-                    help=f"shapley: side of the square patches the image is split into (default: {st.shapley_patch})")
+                    help="shapley: side of the square patches the image is split into")
     ex.add_argument("--shapley-samples", type=int, default=st.shapley_samples, metavar="N",
-                    help=f"shapley: random permutations of the patches (default: {st.shapley_samples})")
+                    help="shapley: random permutations of the patches")
     ex.add_argument("--perturbations-per-eval", type=int, default=st.perturbations_per_eval, metavar="N",
                     help="the memory bound of occlusion, shapley and smoothgrad: perturbed copies in one model "
                     "call over the whole batch; each image gets max(1, N // batch size) copies per call, "
-                    "smoothgrad's noisy copies (which also run a backward) go N // 4 per call; it changes no map "
-                    f"(default: {st.perturbations_per_eval})")
+                    "smoothgrad's noisy copies (which also run a backward) go N // 4 per call; it changes no map")
     ex.add_argument("--workers", type=int, default=job.default_workers(), metavar="N",
-                    help="threads that read images ahead of the model, and as many that write behind it "
-                    f"(default: {job.default_workers()}, the usable cores up to 4)")
+                    help="threads that read images ahead of the model, and as many that write behind it; "
+                    "the default is the number of usable cores, at most 4")
     ex.add_argument("--force", action="store_true",
                     help="redo every image, also those whose record shows they were made with this configuration")
     ex.add_argument("--no-tune", action="store_true",
@@ -122,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--weights", help="state-dict file for a torchvision architecture")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         p.add_argument("--out", required=True, type=Path, help="output folder")
-        p.add_argument("--steps", type=int, help=f"optimisation steps (default: {steps})")
+        p.add_argument("--steps", type=int, default=steps, help="optimisation steps")
         p.add_argument("--seed", type=int, default=0, help="random seed of the starting image and the jitter")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=_visualize)
@@ -228,8 +229,11 @@ def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks
         return 2
     prep = state["prep"]
     # 3. only when every rank is ready: the owner creates --out, holds its lock, sweeps old temporaries
-    if ranks.failed(ranks.agree(ranks.phase(lambda: job.claim(prep) if owner else None)), 2):
+    # and works out every image's folder from its records; every rank adopts the owner's folders
+    results = ranks.agree(ranks.phase(lambda: job.claim(prep) if owner else None))
+    if ranks.failed(results, 2):
         return 2
+    prep.folders = dict(results[0][2])
     # 4. every rank its shard; each image's record is durable as soon as it is written
     results = ranks.agree(ranks.phase(lambda: job.run(prep, prep.images[ranks.rank::ranks.world])))
     if ranks.failed(results, 1, "; the images finished before are kept: run the same command again to resume"):
@@ -289,6 +293,8 @@ def _visualize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from . import viz, visualize
 
     try:
+        if args.steps < 1:
+            raise ValueError(f"--steps must be a positive integer, got {args.steps}")
         loaded = models.load_model(args.model, args.weights)
         device = models.pick_device(args.device)
         loaded.model.to(device)
@@ -308,7 +314,7 @@ def _visualize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             return torch.stack([models.to_unit_tensor(c) for c in crops]).to(device)
 
         if args.kind in ("class", "channel"):
-            kw = dict(steps=args.steps or 200, lr=args.lr, image_size=args.size, seed=args.seed, show_progress=not quiet)
+            kw = dict(steps=args.steps, lr=args.lr, image_size=args.size, seed=args.seed, show_progress=not quiet)
             if args.kind == "class":
                 targets = _ints(args.target, "--target")
                 res = visualize.class_visualization(loaded, targets, **kw)
@@ -323,15 +329,15 @@ def _visualize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             x = load(args.images)
             stems = [p.stem for p in args.images]
             if args.kind == "dream":
-                res = visualize.deep_dream(loaded, x, args.layer, steps=args.steps or 20, octaves=args.octaves,
+                res = visualize.deep_dream(loaded, x, args.layer, steps=args.steps, octaves=args.octaves,
                                            seed=args.seed, show_progress=not quiet)
                 save(res.images, [f"dream_{s}" for s in stems])
             elif args.kind == "invert":
-                res = visualize.invert_features(loaded, x, args.layer, steps=args.steps or 200, tv_weight=args.tv_weight,
+                res = visualize.invert_features(loaded, x, args.layer, steps=args.steps, tv_weight=args.tv_weight,
                                                 seed=args.seed, show_progress=not quiet)
                 save(res.images, [f"invert_{s}" for s in stems])
             else:
-                res = visualize.fooling_image(loaded, x, args.target_class, max_steps=args.steps or 100,
+                res = visualize.fooling_image(loaded, x, args.target_class, max_steps=args.steps,
                                               show_progress=not quiet)
                 save(res.images, [f"fool_{s}" for s in stems])
                 for s, ok, st, linf in zip(stems, res.fooled.tolist(), res.steps.tolist(), res.linf.tolist()):

@@ -75,8 +75,10 @@ from .registry import (  # noqa: F401
     Method,
     Settings,
     default_layer,
+    layer_outputs,
     parse_methods,
     picture,
+    spatial_layers,
 )
 from .writers import (  # noqa: F401
     RECORD_VERSION,
@@ -207,7 +209,9 @@ class Prepared:
     execution: dict = field(default_factory=dict)  # recorded per image, not matched on resume: they change no map
     workers: int = 1
     lock: Optional[OutLock] = None
-    folders: dict = field(default_factory=dict)  # image key -> its output folder relative to --out
+    # image key -> its output folder relative to --out: from claim() (the owner's; every rank adopts them),
+    # or given by run() to an image without one (assign_folders)
+    folders: dict = field(default_factory=dict)
 
     def close(self) -> None:
         """Release --out's lock (when this process holds it)."""
@@ -346,33 +350,8 @@ def load(checked: Checked) -> Prepared:
     method_configs = _jsonable({m: {"options": options[m], "layer": layer if METHODS[m].needs_layer else None}
                                 for m in methods})
     execution = {"batch_size": config.batch_size, "perturbations_per_eval": config.settings.perturbations_per_eval}
-    # chosen before any rank writes, so every rank reads the same records and finds the same folders
-    folders = writers.image_folders([image.key for image in checked.images], writers.recorded_folders(Path(config.out)))
     return Prepared(config, loaded, device, layer, methods, compute, labels, fixed, checked.images, checked.skipped,
-                    model_config, method_configs, execution, config.workers or default_workers(), checked.lock,
-                    folders)
-
-
-def spatial_layers(model: torch.nn.Module, input_size: int) -> list[str]:
-    """The dotted names of the model's layers whose output is a (N, C, h, w) map, the
-    layers ``--layer`` accepts, in the order they run (one forward of a blank image)."""
-    names = {m: n for n, m in model.named_modules() if n}
-    found: dict[str, None] = {}
-
-    def hook(module, args, output):
-        if isinstance(output, torch.Tensor) and output.dim() == 4:
-            found.setdefault(names[module])
-
-    handles = [m.register_forward_hook(hook) for m in names]
-    try:
-        p = next(model.parameters(), None)
-        with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size, device=p.device if p is not None else "cpu",
-                              dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32))
-    finally:
-        for h in handles:
-            h.remove()
-    return list(found)
+                    model_config, method_configs, execution, config.workers or default_workers(), checked.lock)
 
 
 LAYERS_LISTED = 40  # at most this many names in a --layer error (the closest first)
@@ -380,18 +359,27 @@ LAYERS_LISTED = 40  # at most this many names in a --layer error (the closest fi
 
 def check_layer(model: torch.nn.Module, layer: str, input_size: int) -> None:
     """``--layer`` must name a layer of the model (:func:`interp_ext.layers.resolve_layers`)
-    whose output is a (N, C, h, w) map; else an :class:`ExplainError` naming ``--layer``
-    and listing the valid names: the close matches first, then the outer layers."""
+    whose output is a (N, C, h, w) map with h, w > 1 (a 1x1 map gives a flat CAM; the
+    layers of :func:`interp_ext.registry.layer_outputs`); else an :class:`ExplainError`
+    naming ``--layer``, saying why, and listing the valid names (1x1 layers not among
+    them): the close matches first, then the outer layers."""
     try:
         resolve_layers(model, layer, arg="--layer")
         problem = None
     except ValueError:
         problem = f"the model has no layer named {layer!r}"
-    valid = spatial_layers(model, input_size)
+    calls = registry.layer_outputs(model, input_size)
+    valid = registry._cam_layers(calls)  # registry.spatial_layers, from the same forward
     if problem is None and layer in valid:
         return
     if problem is None:
-        problem = f"layer {layer!r} does not output a (N, C, h, w) feature map"
+        sizes = sorted({(h, w) for n, h, w in calls if n == layer})
+        if sizes:  # a map, but 1x1 (after global pooling): every CAM over it is one value
+            shown = " and ".join(f"{h}x{w}" for h, w in sizes)
+            problem = (f"layer {layer!r} outputs a {shown} map: a CAM over it is a single value, a flat map; "
+                       "choose a layer whose map is larger than 1x1")
+        else:
+            problem = f"layer {layer!r} does not output a (N, C, h, w) feature map"
     close = difflib.get_close_matches(layer, valid, n=5, cutoff=0.5)
     # then the outer layers before the ones inside them (blocks before their convolutions), in running order
     rest = sorted((n for n in valid if n not in close), key=lambda n: (n.count("."), valid.index(n)))
@@ -403,9 +391,13 @@ def check_layer(model: torch.nn.Module, layer: str, input_size: int) -> None:
     raise ExplainError(f"--layer: {problem}{listing}")
 
 
-def claim(prep: Prepared) -> None:
+def claim(prep: Prepared) -> dict[str, str]:
     """The run's owner (one process; torchrun's rank 0) before anyone writes: create
-    --out, hold its lock, remove temporary files a killed run left behind."""
+    --out, hold its lock, remove temporary files a killed run left behind, and work out
+    every image's output folder from the records in DIR/records
+    (:func:`interp_ext.writers.image_folders`). Returns the folders (``prep.folders``):
+    under torchrun every other rank adopts them, so all ranks agree whatever records
+    their own --out holds, and only the owner reads every record."""
     out = Path(prep.config.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -415,6 +407,19 @@ def claim(prep: Prepared) -> None:
         prep.lock = OutLock(out).acquire()
     for folder, _, _ in os.walk(out):
         remove_stale_temporaries(folder)
+    # under the lock: no other run changes the records while they are read
+    prep.folders = writers.image_folders([image.key for image in prep.images], writers.recorded_folders(out))
+    return prep.folders
+
+
+def assign_folders(prep: Prepared, images: Sequence[InputImage]) -> None:
+    """Give every image of `images` without one an output folder in ``prep.folders``,
+    through :func:`interp_ext.writers.image_folders` over the records in DIR/records with
+    the folders already given kept (those never change once given)."""
+    missing = [image.key for image in images if image.key not in prep.folders]
+    if missing:
+        claimed = {**writers.recorded_folders(Path(prep.config.out)), **prep.folders}
+        prep.folders.update(writers.image_folders(missing, claimed))
 
 
 def prepare(config: ExplainConfig, owner: bool = True) -> Prepared:
@@ -465,7 +470,7 @@ def _finished(out: Path, rec: Optional[dict], image_config: dict, prep: Prepared
         return False
     if any(rec["methods"].get(m) != mc for m, mc in prep.method_configs.items()):
         return False
-    files = outputs_of(out, image, prep.methods, prep.folders.get(image.key))
+    files = outputs_of(out, image, prep.methods, prep.folders[image.key])
     return all(rec["files"].get(k) == str(p.relative_to(out)) and p.is_file() for k, p in files.items())
 
 
@@ -749,10 +754,13 @@ def run(prep: Prepared, images: Optional[Sequence[InputImage]] = None) -> dict:
     while ``prep.compute_batch`` runs, writer threads write each image's files and then its
     record behind it. A file that cannot be written raises :class:`WriteError` once the
     writes under way have ended (the writes not started are dropped; no temporary file is
-    left; the images finished so far keep their records)."""
+    left; the images finished so far keep their records). An image without a folder in
+    ``prep.folders`` (one not discovered, or a process that did not :func:`claim`) gets
+    one first, apart from every other (:func:`assign_folders`)."""
     cfg, loaded = prep.config, prep.loaded
     out = Path(cfg.out)
     images = prep.images if images is None else images
+    assign_folders(prep, images)  # images not discovered (or a process that did not claim): folders apart from all
     entries: dict[str, dict] = {}
     skipped: list[dict] = []
 
@@ -804,7 +812,7 @@ def run(prep: Prepared, images: Optional[Sequence[InputImage]] = None) -> dict:
         }
         entry = writers.write_image(out, item.image, item.image_config, prep.method_configs, item.crop,
                                     {m: host.maps[m][i] for m in prep.methods}, fields, picture, kinds,
-                                    prep.execution, folder=prep.folders.get(item.image.key))
+                                    prep.execution, folder=prep.folders[item.image.key])
         return item.image.key, entry
 
     reader = _Reader(todo, loaded, cfg.batch_size, prep.workers, limits, pin=cuda) if todo else None

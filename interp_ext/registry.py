@@ -162,26 +162,52 @@ def picture(kind: str, crop: Image.Image, amap: torch.Tensor) -> Image.Image:
     return viz.signed_overlay(crop, amap.sum(0))  # occlusion, Shapley: negative, zero and positive apart
 
 
+def layer_outputs(model: torch.nn.Module, input_size: int) -> list[tuple[str, int, int]]:
+    """``(name, h, w)`` for every call of a named layer whose output is a (N, C, h, w)
+    map, in the order the calls end, from one forward of a blank image (a layer called
+    twice is listed twice). The one source of :func:`default_layer` and of the layers
+    ``--layer`` accepts."""
+    names = {m: n for n, m in model.named_modules() if n}
+    calls: list[tuple[str, int, int]] = []
+
+    def hook(module, args, output):
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            calls.append((names[module], int(output.shape[2]), int(output.shape[3])))
+
+    handles = [m.register_forward_hook(hook) for m in names]
+    try:
+        p = next(model.parameters(), None)
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size, device=p.device if p is not None else "cpu",
+                              dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32))
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _cam_layers(calls: list[tuple[str, int, int]]) -> list[str]:
+    """The names in :func:`layer_outputs`' `calls` whose map is larger than 1x1, each once,
+    in the order they first run."""
+    return list(dict.fromkeys(n for n, h, w in calls if h > 1 and w > 1))
+
+
+def spatial_layers(model: torch.nn.Module, input_size: int) -> list[str]:
+    """The names of the layers a CAM can use, in the order they first run: an output that
+    is a (N, C, h, w) map with h, w > 1 (:func:`layer_outputs`; a 1x1 map, as after global
+    pooling, gives a flat CAM)."""
+    return _cam_layers(layer_outputs(model, input_size))
+
+
 def default_layer(model_name: str, model: torch.nn.Module, input_size: int) -> str:
     """The Grad-CAM layer: a known one, else the last module (in execution order) whose
-    output is a spatial (N, C, h, w) map with h, w > 1."""
+    output is a spatial (N, C, h, w) map with h, w > 1 (:func:`layer_outputs`)."""
     if model_name in KNOWN_CAM_LAYERS:
         return KNOWN_CAM_LAYERS[model_name]
     for prefix, layer in TORCHVISION_CAM_LAYERS.items():
         if model_name.startswith(prefix) and layer in dict(model.named_modules()):
             return layer
-    last: list[str] = []
-    names = {m: n for n, m in model.named_modules() if n}
-    hooks = [m.register_forward_hook(lambda mod, i, o: last.append(names[mod])
-                                     if isinstance(o, torch.Tensor) and o.dim() == 4 and min(o.shape[2:]) > 1 else None)
-             for m in names]
-    try:
-        with torch.no_grad():
-            p = next(model.parameters(), None)
-            model(torch.zeros(1, 3, input_size, input_size, device=p.device if p is not None else "cpu"))
-    finally:
-        for h in hooks:
-            h.remove()
+    last = [n for n, h, w in layer_outputs(model, input_size) if h > 1 and w > 1]
     if not last:
         raise ValueError("--layer: the model has no layer with a spatial output; name one with --layer")
     return last[-1]

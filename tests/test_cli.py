@@ -158,6 +158,13 @@ def test_a_wrong_layer_names_the_option_and_lists_the_valid_layers(folder, tmp_p
     err = capsys.readouterr().err
     assert "--layer: layer '_fc' does not output a (N, C, h, w) feature map; valid layers (" in err
     assert not out.exists()
+    # a layer whose map is 1x1 (global pooling, the squeeze of squeeze-excite) gives a flat CAM: refused, not listed
+    assert _explain(folder, "--out", out, "--methods", "gradcam", "--layer", "_avg_pooling") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--layer: layer '_avg_pooling' outputs a 1x1 map: a CAM over it is a single value, a flat map" in err
+    listed = err.split("close matches first): ")[1].split(", ")
+    assert "_avg_pooling" not in listed and not any("_se_" in name for name in listed) and "_blocks.15" in listed
+    assert not out.exists()
 
 
 def test_help_is_plain_text_with_the_defaults(capsys, monkeypatch):
@@ -180,9 +187,14 @@ def test_help_is_plain_text_with_the_defaults(capsys, monkeypatch):
         for action in sub._actions:
             if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
                 assert f"(default: {action.default}" in text, (argv, action.option_strings)
+            # written once, by the formatter from the argparse default: never by hand in the help string
+            assert "(default" not in (action.help or ""), (argv, action.option_strings)
         if argv == ["explain"]:
             for name, method in registry.METHODS.items():  # the methods, one a line, with what each is
                 assert re.search(rf"^  {re.escape(name)} +{re.escape(method.help)}$", text, re.M), name
+    # each command's --steps default is the argparse default, shown by the formatter
+    assert {k: p.get_default("steps") for k, p in kinds.items()} == {"class": 200, "channel": 200, "dream": 20,
+                                                                      "invert": 200, "fool": 100}
 
 
 def test_unknown_option_is_an_argparse_error(folder, tmp_path):
@@ -279,6 +291,54 @@ def test_two_torchrun_ranks_equal_one_process(folder, tmp_path, tiny_model):
             np.testing.assert_allclose(np.load(_files(single, key)[f"{m}.npy"]),
                                        np.load(_files(multi, key)[f"{m}.npy"]), rtol=1e-4, atol=1e-5)
     assert sorted(s["source"] for s in a["skipped"]) == sorted(s["source"] for s in b["skipped"])
+
+
+def test_every_rank_adopts_rank_0s_folders(folder, tmp_path, tiny_model):
+    """Ranks whose --out are different disks: each rank's records differ, yet every rank
+    writes each image into the folder rank 0 worked out from its own records."""
+    import argparse
+    import threading
+
+    import torch.distributed as dist
+
+    from interp_ext.ranks import Ranks
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("0.jpg", "a.jpg", "a.png"):
+        shutil.copy(folder / "flower.jpg", d / name)
+    disks = [tmp_path / "rank0", tmp_path / "rank1"]  # the same --out on two machines
+    common = ["--model", tiny_model, "--methods", "saliency"]
+    assert _explain(d / "a.png", "--out", disks[0], *common) == 0  # an earlier run on rank 0's disk only
+    assert _files(disks[0], "a.png")["input"].parent == disks[0] / "images" / "a"
+    store, codes, errors = dist.HashStore(), [None, None], []
+
+    def rank(r):
+        try:
+            config = explain.ExplainConfig(inputs=[str(d / n) for n in ("0.jpg", "a.jpg", "a.png")], out=disks[r],
+                                           methods=["saliency"], model=tiny_model, quiet=True, workers=1)
+            state = {}
+            try:
+                with Ranks(r, 2, store=store) as ranks:
+                    codes[r] = cli._explain_phases(config, argparse.Namespace(quiet=True), ranks, state)
+            finally:
+                for held in (state.get("prep"), state.get("checked")):
+                    if held is not None and held.lock is not None:
+                        held.lock.release()
+        except BaseException as e:  # reported by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and codes == [0, 0], (errors, codes)
+    summary = json.loads((disks[0] / "summary.json").read_text())
+    folders = {key: e["files"]["input"].rsplit("/", 1)[0] for key, e in summary["images"].items()}
+    assert folders == {"0.jpg": "images/0", "a.jpg": "images/a.jpg", "a.png": "images/a"}  # rank 1 wrote a.jpg
+    assert (disks[1] / "images" / "a.jpg" / "saliency.npy").is_file() and not (disks[1] / "images" / "a").exists()
+    assert len(list((disks[1] / "records").iterdir())) == 1  # rank 1's own image only
 
 
 def test_info(capsys):

@@ -322,6 +322,51 @@ def test_one_call_computes_a_batch(tmp_path, tiny):
         assert (np.load(folder / "guided-backprop.npy") == 3).all()
 
 
+def test_images_not_discovered_get_folders_apart_from_the_others(tmp_path, tiny):
+    """run(prep, images=...) with an image check() did not find: its folder is worked out
+    with all the others' (not on its own, where in/im000.gif would take in/im000.png's)."""
+    images = _images(tmp_path / "in", 2)
+    prep = explain.prepare(_config(tmp_path, images))
+    out = tmp_path / "out"
+    try:
+        first = explain.run(prep)
+        assert {k: e["files"]["input"] for k, e in first["images"].items()} == {
+            "in/im000.png": "images/in/im000/input.png", "in/im001.png": "images/in/im001/input.png"}
+        kept = (out / "images/in/im000/saliency.npy").read_bytes()
+        extra = inputs.InputImage(images / "im001.png", "in/im000.gif")  # another picture, a stem taken
+        part = explain.run(prep, images=[extra])
+    finally:
+        prep.close()
+    assert part["images"]["in/im000.gif"]["files"]["input"] == "images/in/im000.gif/input.png"
+    assert (out / "images/in/im000/saliency.npy").read_bytes() == kept  # the other image's files untouched
+    assert prep.folders["in/im000.gif"] == "images/in/im000.gif"
+    # a process that did not claim (prepare(owner=False)) finds the folders from the records
+    prep = explain.prepare(_config(tmp_path, images), owner=False)
+    try:
+        assert explain.run(prep)["processed"] == 0
+        assert prep.folders == {"in/im000.png": "images/in/im000", "in/im001.png": "images/in/im001"}
+    finally:
+        prep.close()
+    # and the folder is never left to outputs_of or write_image to guess
+    with pytest.raises(TypeError):
+        writers.outputs_of(out, extra, ["saliency"])
+    with pytest.raises(ValueError, match="must be a folder under images/"):
+        writers.outputs_of(out, extra, ["saliency"], None)
+
+
+def test_one_helper_finds_the_layers_and_rejects_1x1_maps(tiny):
+    from interp_ext import models
+
+    model = models.load_model(MODEL, None).model
+    assert registry.layer_outputs(model, 224) == [("0", 56, 56), ("1", 56, 56), ("2", 28, 28), ("3", 28, 28),
+                                                  ("4", 1, 1)]
+    assert registry.spatial_layers(model, 224) == ["0", "1", "2", "3"]  # the pooled 1x1 map is no CAM layer
+    assert registry.default_layer("tiny", model, 224) == "3"
+    explain.check_layer(model, "2", 224)
+    with pytest.raises(inputs.ExplainError, match=r"--layer: layer '4' outputs a 1x1 map.*valid layers \(4, "):
+        explain.check_layer(model, "4", 224)
+
+
 def test_no_tune_keeps_the_exact_batching(tmp_path, tiny, monkeypatch):
     from interp_ext import engine
 

@@ -318,6 +318,65 @@ def test_outputs_named_like_files_by_earlier_versions_resume(tmp_path, tiny, ima
     assert sorted(p.name for p in (out / "images/inputs/sub").iterdir()) == ["c.png", "d.png"]
 
 
+def test_a_folder_a_record_uses_is_never_given_to_another_image(tmp_path, tiny):
+    # run 1: a.jpg.png -> images/inputs/a.jpg, a.png -> images/inputs/a; run 2 without a.jpg.png but with
+    # a.jpg, whose folder in the layout of earlier versions is images/inputs/a.jpg: it must go elsewhere
+    d = tmp_path / "inputs"
+    d.mkdir()
+    _image(d / "a.jpg.png", seed=1)
+    _image(d / "a.png", seed=2)
+    out = tmp_path / "out"
+    common = ["--model", tiny, "--methods", "saliency", "--out", out]
+    assert _explain(d, *common) == 0
+    assert _folders(out) == {"inputs/a.jpg.png": "images/inputs/a.jpg", "inputs/a.png": "images/inputs/a"}
+    kept = {name: p.read_bytes() for name, p in _files(out, "inputs/a.jpg.png").items()}
+    (d / "a.jpg.png").unlink()
+    _image(d / "a.jpg", seed=3)
+    assert _explain(d, *common) == 0
+    assert _summary(out)["timing"]["processed_this_run"] == 1
+    folders = _folders(out)  # the summary keeps a.jpg.png (its record), with its own files
+    assert folders == {"inputs/a.jpg.png": "images/inputs/a.jpg", "inputs/a.png": "images/inputs/a",
+                       "inputs/a.jpg": "images/inputs/a~2"}
+    assert {name: p.read_bytes() for name, p in _files(out, "inputs/a.jpg.png").items()} == kept
+
+
+def test_stems_dot_and_dot_dot_stay_inside_their_folder(tmp_path, tiny):
+    # "..png" has the stem ".", "...png" the stem "..": their files would land in DIR/images/ and DIR/
+    d = tmp_path / "odd"
+    d.mkdir()
+    for i, name in enumerate(["..png", "...png", "x.png"]):
+        _image(d / "new.png", seed=i).rename(d / name)  # PIL takes "..png" for a name without a suffix
+    out = tmp_path / "out"
+    assert _explain(d / "..png", d / "...png", d / "x.png", "--model", tiny, "--methods", "saliency", "--out", out) == 0
+    assert _folders(out) == {"..png": "images/..png", "...png": "images/...png", "x.png": "images/x"}
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "gallery.png", "images", "index.html", "records",
+                                                     "summary.json"]
+    assert all(p.is_dir() for p in (out / "images").iterdir())  # no image's files loose in images/
+
+
+def test_force_redoes_every_image_in_the_same_folders(tmp_path, tiny):
+    d = tmp_path / "inputs"
+    (d / "s").mkdir(parents=True)
+    for i, name in enumerate(["a.jpg", "a.png", "s.png", "s/c.png"]):
+        _image(d / name, seed=i)
+    out = tmp_path / "out"
+    common = ["--model", tiny, "--methods", "saliency", "--out", out]
+    assert _explain(d, *common) == 0
+    folders = _folders(out)
+    assert folders["inputs/a.jpg"] == "images/inputs/a" and folders["inputs/a.png"] == "images/inputs/a.png"
+    inodes = {key: _files(out, key)["saliency.npy"].stat().st_ino for key in folders}
+    before = sorted(str(p.relative_to(out)) for p in (out / "images").rglob("*"))
+    _image(d / "a.gif", seed=9)  # a new input that sorts first: with --force too, every image keeps its folder
+    assert _explain(d, *common, "--force") == 0
+    assert _summary(out)["timing"]["processed_this_run"] == 5
+    after = _folders(out)
+    assert {key: after[key] for key in folders} == folders and after["inputs/a.gif"] == "images/inputs/a.gif"
+    for key in folders:  # redone (each file replaced by a new one), in place
+        assert _files(out, key)["saliency.npy"].stat().st_ino != inodes[key]
+    assert sorted(str(p.relative_to(out)) for p in (out / "images").rglob("*") if "a.gif" not in str(p)) == before
+    assert _explain(d, *common, "--force") == 0 and _folders(out) == after
+
+
 def test_a_rank_failing_preparation_ends_all_ranks(tmp_path, tiny, images):
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "interp_ext.cli", "explain", str(images), "--out", str(tmp_path / "out"),
