@@ -110,7 +110,8 @@ def figure(bars: list[dict], title: str):
     scale, 1 = parity), coloured by the baseline it is measured against (the legend).
     Bars measured with a stand-in model (``stand_in``) are kept apart, in a panel of
     their own below the real-model and kernel bars, hatched, so that an overhead-only
-    figure is not read as what a real model gains."""
+    figure is not read as what a real model gains; their legend entries are drawn as
+    their bars are (the baseline's colour, hatched)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,10 +143,12 @@ def figure(bars: list[dict], title: str):
         values = [b["speedup"] for b in bars]
         axes[0, 0].set_xlim(min(0.8, min(values) * 0.8), max(values) * 1.8)
     axes[-1, 0].set_xlabel("speed-up of interp_ext (x, log scale; 1 = parity)")
-    against = list(dict.fromkeys(b["against"] for b in bars))
+    against = list(dict.fromkeys(b["against"] for b in real))
     handles = [Patch(color=COLOURS.get(a, OTHER_COLOUR), label=f"vs {a}") for a in against]
-    if stand_in:
-        handles.append(Patch(facecolor=OTHER_COLOUR, edgecolor="white", hatch="//", label="stand-in model"))
+    # the stand-in bars as drawn: their baseline's colour, hatched (one entry per baseline)
+    for a in dict.fromkeys(b["against"] for b in stand_in):
+        handles.append(Patch(facecolor=COLOURS.get(a, OTHER_COLOUR), edgecolor="white", hatch="//",
+                             label=f"vs {a}, stand-in model"))
     axes[0, 0].legend(handles=handles, fontsize=7, loc="lower right", title="baseline", title_fontsize=7)
     fig.suptitle(title, fontsize=9)
     return fig

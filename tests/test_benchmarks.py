@@ -46,8 +46,18 @@ def test_stand_in_model_bars_are_apart_with_a_legend():
         assert labels(stand_in_ax) == ["Occlusion: free x8 (1 thr) vs Captum"]
         assert "stand-in" in stand_in_ax.get_title(loc="left")
         assert all(p.get_hatch() == "//" for p in stand_in_ax.patches)
-        legend = [t.get_text() for t in real_ax.get_legend().get_texts()]
-        assert {f"vs {b['against']}" for b in bars} | {"stand-in model"} == set(legend)
+        legend = real_ax.get_legend()
+        entries = {t.get_text(): h for t, h in zip(legend.get_texts(), legend.legend_handles)}
+        assert set(entries) == ({f"vs {b['against']}" for b in bars if not b["stand_in"]}
+                                | {f"vs {b['against']}, stand-in model" for b in stand_in})
+        # each legend entry looks like its bars: the stand-in entry as orange (Captum) and hatched as its bar
+        from matplotlib.colors import to_hex
+
+        for ax, suffix in ((real_ax, ""), (stand_in_ax, ", stand-in model")):
+            for bar, patch in zip([b for b in bars if b["stand_in"] == (ax is stand_in_ax)], ax.patches):
+                entry = entries[f"vs {bar['against']}{suffix}"]
+                assert to_hex(entry.get_facecolor()) == to_hex(patch.get_facecolor()) == run_all.COLOURS[bar["against"]]
+                assert entry.get_hatch() == patch.get_hatch()
     finally:
         import matplotlib.pyplot as plt
 
