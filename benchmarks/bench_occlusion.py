@@ -184,7 +184,7 @@ def incremental_table(args) -> int:
                                    "incremental_cold_s", "full_s",
                                    "captum_s", "vs_full", "vs_captum", "of_flop_ratio", "incremental_call_mb",
                                    "full_call_mb", "captum_call_mb", "max_diff_vs_full", "max_diff_vs_captum"]))
-    path = common.write(f"occlusion_incremental_{args.device}_{args.threads}thread", payload, md + "\n", args.out)
+    path = common.write(f"occlusion_incremental_{args.threads}thread", payload, md + "\n", args.out)
     print(f"wrote {path} and its .json")
     return 0
 
@@ -236,7 +236,7 @@ def field_study(args) -> int:
           f"{x.shape[2]}x{x.shape[3]}, {args.threads} thread(s), " + payload["machine"]["cpu"] + "\n\n"
           + common.md_table(rows, ["model", "field_threshold", "flop_ratio", "seconds", "vs_full", "ssim_mean",
                                    "ssim_min"]))
-    path = common.write(f"occlusion_field_cpu_{args.threads}thread", payload, md + "\n", args.out)
+    path = common.write(f"occlusion_field_{args.threads}thread", payload, md + "\n", args.out)
     print(f"wrote {path} and its .json")
     return 0
 
