@@ -189,42 +189,61 @@ def incremental_table(args) -> int:
     return 0
 
 
+PHOTOS = ["china.jpg", "flower.jpg"]
+
+
+def sample_photos(bundled, quick: bool):
+    """The two sample photos as the bundled model's batch (96x96 with --quick)."""
+    import torch
+    from sklearn.datasets import load_sample_image
+
+    x = torch.stack([bundled.preprocess(load_sample_image(p)) for p in PHOTOS])
+    if quick:
+        x = torch.nn.functional.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False)
+    return x
+
+
+def ssim_to(exact, attr) -> list[float]:
+    """SSIM of each channel-summed map against the exact one (the exact map's range)."""
+    from skimage.metrics import structural_similarity
+
+    e2d, a2d = exact.sum(1).double().numpy(), attr.sum(1).double().numpy()
+    return [structural_similarity(e, a, data_range=float(e.max() - e.min())) for e, a in zip(e2d, a2d)]
+
+
+def timed_attribute(occ, x, kw):
+    def timed(**extra):
+        start = time.perf_counter()
+        attr = occ.attribute(x, **kw, **extra)
+        return attr, time.perf_counter() - start
+    return timed
+
+
 def field_study(args) -> int:
     import torch
     import torchvision
-    from skimage.metrics import structural_similarity
-    from sklearn.datasets import load_sample_image
 
     import interp_ext
     from interp_ext import models
 
     torch.set_num_threads(args.threads)
     bundled = models.load()
-    photos = ["china.jpg", "flower.jpg"]
-    x = torch.stack([bundled.preprocess(load_sample_image(p)) for p in photos])
-    if args.quick:
-        x = torch.nn.functional.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False)
+    photos = PHOTOS
+    x = sample_photos(bundled, args.quick)
     torch.manual_seed(0)
     nets = {"lite0": bundled.model, "resnet18": torchvision.models.resnet18(weights=None).eval()}
     kw = dict(sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8), perturbations_per_eval=args.ppe)
     rows = []
     for name, net in nets.items():
         occ = interp_ext.Occlusion(net)
-
-        def timed(**extra):
-            start = time.perf_counter()
-            attr = occ.attribute(x, **kw, **extra)
-            return attr, time.perf_counter() - start
-
+        timed = timed_attribute(occ, x, kw)
         full, full_s = timed(incremental=False)
         exact, exact_s = timed(incremental=True)
-        e2d = exact.sum(1).double().numpy()
         rows.append({"model": name, "field_threshold": "exact", "seconds": exact_s, "vs_full": full_s / exact_s,
                      "ssim_mean": 1.0, "ssim_min": 1.0})
         for tau in (0.75, 0.5, 0.4, 0.3, 0.2):
             attr, secs = timed(field_threshold=tau)
-            a2d = attr.sum(1).double().numpy()
-            ssim = [structural_similarity(e, a, data_range=float(e.max() - e.min())) for e, a in zip(e2d, a2d)]
+            ssim = ssim_to(exact, attr)
             plan, _ = occ.incremental_plan(x, (3, 16, 16), (3, 8, 8), field_threshold=tau)
             rows.append({"model": name, "field_threshold": tau, "flop_ratio": plan.flop_ratio, "seconds": secs,
                          "vs_full": full_s / secs, "ssim_mean": sum(ssim) / len(ssim), "ssim_min": min(ssim)})
@@ -251,37 +270,26 @@ def run_child(which: str, model: str, images: int, ppe: int, threads: int, out: 
 
 def refine_study(args) -> int:
     import torch
-    from skimage.metrics import structural_similarity
 
     import interp_ext
     from interp_ext import models
 
     torch.set_num_threads(args.threads)
     bundled = models.load()
-    photos = ["china.jpg", "flower.jpg"]
-    from sklearn.datasets import load_sample_image
-
-    x = torch.stack([bundled.preprocess(load_sample_image(p)) for p in photos])
-    if args.quick:
-        x = torch.nn.functional.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False)
+    photos = PHOTOS
+    x = sample_photos(bundled, args.quick)
     kw = dict(sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8), perturbations_per_eval=args.ppe)
     occ = interp_ext.Occlusion(bundled.model)
-
-    def timed(**extra):
-        start = time.perf_counter()
-        attr = occ.attribute(x, **kw, **extra)
-        return attr, time.perf_counter() - start
+    timed = timed_attribute(occ, x, kw)
 
     exact, exact_s = timed()
-    exact2d = exact.sum(1).double().numpy()
     windows = interp_ext.ops.occlusion_window_count(x.shape[1:], (3, 16, 16), (3, 8, 8))
     coarse = interp_ext.ops.occlusion_window_count(x.shape[1:], (3, 16, 16), (3, 16, 16))
     rows = [{"refine": "exact", "model_copies_per_image": windows, "seconds": exact_s, "speedup": 1.0,
              "ssim_mean": 1.0, "ssim_min": 1.0}]
     for fraction in (0.05, 0.1, 0.25, 0.5):
         attr, secs = timed(refine=fraction)
-        a2d = attr.sum(1).double().numpy()
-        ssim = [structural_similarity(e, a, data_range=float(e.max() - e.min())) for e, a in zip(exact2d, a2d)]
+        ssim = ssim_to(exact, attr)
         rows.append({"refine": fraction, "model_copies_per_image": coarse + math.ceil(fraction * windows),
                      "seconds": secs, "speedup": exact_s / secs, "ssim_mean": sum(ssim) / len(ssim), "ssim_min": min(ssim)})
         print(f"refine {fraction}: {secs:.1f} s (x{exact_s / secs:.2f}), SSIM {rows[-1]['ssim_mean']:.3f} "

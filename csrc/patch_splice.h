@@ -89,4 +89,30 @@ inline at::Tensor patch_splice_destination(const at::Tensor& out, const at::Tens
   return out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
 }
 
+// The two entry points of one device over its `_into` kernel (validated arguments, a
+// contiguous destination of the output's shape): check, allocate or check `out`, write.
+using PatchSpliceInto = void (*)(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin,
+                                 double pad_value, const c10::optional<at::Tensor>& patch,
+                                 const c10::optional<at::Tensor>& patch_origin, at::Tensor& dst);
+
+template <PatchSpliceInto into>
+at::Tensor patch_splice_functional(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin,
+                                   c10::IntArrayRef size, double pad_value, const c10::optional<at::Tensor>& patch,
+                                   const c10::optional<at::Tensor>& patch_origin) {
+  check_patch_splice_args(src, sample, origin, size, patch, patch_origin);
+  at::Tensor out = patch_splice_output(src, sample, size);
+  into(src, sample, origin, pad_value, patch, patch_origin, out);
+  return out;
+}
+
+template <PatchSpliceInto into>
+void patch_splice_out(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin, c10::IntArrayRef size,
+                      double pad_value, const c10::optional<at::Tensor>& patch,
+                      const c10::optional<at::Tensor>& patch_origin, at::Tensor& out) {
+  check_patch_splice_args(src, sample, origin, size, patch, patch_origin);
+  at::Tensor dst = patch_splice_destination(out, src, sample, size, patch);
+  into(src, sample, origin, pad_value, patch, patch_origin, dst);
+  if (!dst.is_same(out)) out.copy_(dst);
+}
+
 }  // namespace interp_ext

@@ -248,16 +248,23 @@ def recorded_folders(out: Path) -> dict[str, str]:
     """key -> the folder of its record's files, for every valid record in DIR/records
     (:func:`folder_of_record`); the claims :func:`image_folders` honours."""
     found: dict[str, str] = {}
+    for rec in _each_record(out):
+        folder = folder_of_record(rec)
+        if folder is not None:
+            found.setdefault(rec["key"], folder)
+    return found
+
+
+def _each_record(out: Path):
+    """Every readable record under DIR/records, in file-name order."""
     try:
         names = sorted(e.name for e in os.scandir(Path(out) / "records") if e.name.endswith(".json"))
     except OSError:
-        return found
+        return
     for name in names:
         rec = read_record(Path(out) / "records" / name)
-        folder = folder_of_record(rec)
-        if rec is not None and folder is not None:
-            found.setdefault(rec["key"], folder)
-    return found
+        if rec is not None:
+            yield rec
 
 
 def outputs_of(out: Path, image: InputImage, methods: Sequence[str], folder: str) -> dict[str, Path]:
@@ -614,13 +621,8 @@ def files_exist(out: Path, files: dict) -> bool:
 def read_records(out: Path) -> dict[str, dict]:
     """key -> record, for every valid record under DIR/records whose files all exist."""
     found = {}
-    try:
-        names = sorted(e.name for e in os.scandir(Path(out) / "records") if e.name.endswith(".json"))
-    except OSError:
-        return found
-    for name in names:
-        rec = read_record(Path(out) / "records" / name)
-        if rec is not None and display_name(rec["key"]) == rec["key"] and files_exist(Path(out), rec["files"]):
+    for rec in _each_record(out):
+        if display_name(rec["key"]) == rec["key"] and files_exist(Path(out), rec["files"]):
             found[rec["key"]] = rec
     return found
 

@@ -68,29 +68,11 @@ void patch_splice_into(const at::Tensor& src, const at::Tensor& sample, const at
   });
 }
 
-at::Tensor patch_splice_cuda(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin,
-                             c10::IntArrayRef size, double pad_value, const c10::optional<at::Tensor>& patch,
-                             const c10::optional<at::Tensor>& patch_origin) {
-  check_patch_splice_args(src, sample, origin, size, patch, patch_origin);
-  at::Tensor out = patch_splice_output(src, sample, size);
-  patch_splice_into(src, sample, origin, pad_value, patch, patch_origin, out);
-  return out;
-}
-
-void patch_splice_out_cuda(const at::Tensor& src, const at::Tensor& sample, const at::Tensor& origin,
-                           c10::IntArrayRef size, double pad_value, const c10::optional<at::Tensor>& patch,
-                           const c10::optional<at::Tensor>& patch_origin, at::Tensor& out) {
-  check_patch_splice_args(src, sample, origin, size, patch, patch_origin);
-  at::Tensor dst = patch_splice_destination(out, src, sample, size, patch);
-  patch_splice_into(src, sample, origin, pad_value, patch, patch_origin, dst);
-  if (!dst.is_same(out)) out.copy_(dst);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(interp_ext, CUDA, m) {
-  m.impl("patch_splice", &patch_splice_cuda);
-  m.impl("patch_splice.out", &patch_splice_out_cuda);
+  m.impl("patch_splice", &patch_splice_functional<&patch_splice_into>);
+  m.impl("patch_splice.out", &patch_splice_out<&patch_splice_into>);
 }
 
 }  // namespace interp_ext
