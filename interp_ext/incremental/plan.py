@@ -166,7 +166,7 @@ class OcclusionPlan:
             if node.op == "placeholder":
                 env[node] = x
             elif node.op == "output":
-                return fx.node.map_arg(node.args[0], lambda a: env[a]), kept
+                return _plain(fx.node.map_arg(node.args[0], lambda a: env[a])), kept
             else:
                 env[node] = _call(self.graph.module, node, fx.node.map_arg(node.args, lambda a: env[a]),
                                   fx.node.map_arg(node.kwargs, lambda a: env[a]))
@@ -219,7 +219,7 @@ class OcclusionPlan:
             if node.op == "placeholder":
                 vals[node] = input_patch
             elif node.op == "output":
-                return fx.node.map_arg(node.args[0], full_value)
+                return _plain(fx.node.map_arg(node.args[0], full_value))
             elif p.kind == "full":
                 vals[node] = _call(self.graph.module, node, fx.node.map_arg(node.args, full_value),
                                    fx.node.map_arg(node.kwargs, full_value))
@@ -254,6 +254,17 @@ class OcclusionPlan:
         args = fx.node.map_arg(node.args, operand)
         kwargs = fx.node.map_arg(node.kwargs, operand)
         return _call(self.graph.module, node, args, kwargs)
+
+
+def _plain(value: Any) -> Any:
+    """fx's immutable containers as the model's own (a dict output stays a dict)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_plain(v) for v in value)
+    return value
 
 
 def _call(module: fx.GraphModule, node: fx.Node, args, kwargs) -> Any:
