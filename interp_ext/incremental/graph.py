@@ -89,6 +89,11 @@ def _trace(model: nn.Module, leaves: set[str]) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
+def _leaves_within(qual: str, leaves: set[str]) -> set[str]:
+    """The leaves under submodule `qual`, named relative to it."""
+    return {n[len(qual) + 1 :] for n in leaves if n.startswith(qual + ".")}
+
+
 def _untraceable(model: nn.Module, prefix: str, leaves: set[str]) -> set[str]:
     """The smallest submodules of `model` that do not trace on their own."""
     found: set[str] = set()
@@ -97,13 +102,13 @@ def _untraceable(model: nn.Module, prefix: str, leaves: set[str]) -> set[str]:
         if _Tracer(set()).is_leaf_module(child, qual):
             continue
         try:
-            _Tracer({n[len(qual) + 1 :] for n in leaves | found if n.startswith(qual + ".")}).trace(child)
+            _Tracer(_leaves_within(qual, leaves | found)).trace(child)
         except Exception:
             inner = _untraceable(child, qual + ".", leaves | found)
             if inner:
                 found |= inner
                 try:  # does it trace with its failing parts as leaves?
-                    _Tracer({n[len(qual) + 1 :] for n in leaves | found if n.startswith(qual + ".")}).trace(child)
+                    _Tracer(_leaves_within(qual, leaves | found)).trace(child)
                     continue
                 except Exception:
                     pass
@@ -259,15 +264,12 @@ def rule_of(node: fx.Node, graph: Graph, values: dict[fx.Node, Any]) -> Rule:
         return _window_or_shift(node, graph, values, dep)
     if len(dep) == 1 and all(_is_small_constant(c) for c in consts) and _is_pointwise(node, graph):
         return Rule("pointwise")
-    if len(dep) >= 2 and all(_is_small_constant(c) for c in consts):
-        if node.op == "call_function" and node.target in _ARITHMETIC or (
-            node.op == "call_method" and node.target in _ARITHMETIC_METHODS
-        ):
-            return Rule("union")
-        if node.op == "call_function" and node.target is torch.cat and _arg(node, 1, "dim", 0) in (1, -3):
-            return Rule("union")
-    if len(dep) == 1 and node.op == "call_function" and node.target is torch.cat and _arg(node, 1, "dim", 0) in (1, -3) and not consts:
-        return Rule("pointwise")
+    if all(_is_small_constant(c) for c in consts):
+        arithmetic = node.op == "call_function" and node.target in _ARITHMETIC or (
+            node.op == "call_method" and node.target in _ARITHMETIC_METHODS)
+        channel_cat = node.op == "call_function" and node.target is torch.cat and _arg(node, 1, "dim", 0) in (1, -3)
+        if len(dep) >= 2 and arithmetic or channel_cat:
+            return Rule("union")  # of one changed input: its own region
     return _window_or_shift(node, graph, values, dep)
 
 

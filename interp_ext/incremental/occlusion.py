@@ -12,7 +12,7 @@ from torch import fx, nn
 
 from .. import ops
 from .graph import capture
-from .plan import OcclusionPlan
+from .plan import OcclusionPlan, _call
 
 # model -> its captured graph (or why it has none) and its plans; dropped with the model
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -59,8 +59,6 @@ def plan_for(model: nn.Module, x: torch.Tensor, window, stride, field_threshold:
 
 def _all_values(module: fx.GraphModule, nodes, x: torch.Tensor) -> dict[fx.Node, Any]:
     """Every node's value on one image: the shapes and constants the plan reads."""
-    from .plan import _call
-
     env: dict[fx.Node, Any] = {}
     for node in nodes:
         if node.op == "placeholder":

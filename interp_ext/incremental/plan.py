@@ -73,8 +73,6 @@ class OcclusionPlan:
         self.keep = {n for n, p in self.nodes.items() if p.kind == "const" or p.kind == "patch" and not p.whole}
         self.cost_full = sum(p.cost_full for p in self.nodes.values())
         self.cost_incremental = sum(p.cost_incremental for p in self.nodes.values())
-        out = next(n for n in graph.nodes if n.op == "output")
-        self.output = out
 
     # ---- planning -----------------------------------------------------------------------
 
@@ -146,16 +144,6 @@ class OcclusionPlan:
             lines.append(f"  {node.name:<28} {p.rule.kind:<9} {where}{'  ' + p.rule.why if p.rule.why else ''}")
         return "\n".join(lines)
 
-    def to(self, device: torch.device) -> "OcclusionPlan":
-        """The window geometry on `device` (the plan is built on the CPU)."""
-        for p in self.nodes.values():
-            if p.rows is not None and p.rows.origin.device != device:
-                p.rows = Patch(p.rows.origin.to(device), p.rows.size, p.rows.extent)
-                p.cols = Patch(p.cols.origin.to(device), p.cols.size, p.cols.extent)
-                if p.read_origin is not None:
-                    p.read_origin = p.read_origin.to(device)
-        return self
-
     # ---- execution ----------------------------------------------------------------------
 
     def clean_run(self, x: torch.Tensor) -> tuple[Any, dict[fx.Node, Any]]:
@@ -178,10 +166,6 @@ class OcclusionPlan:
                 if self.last_use[a] <= i:
                     env.pop(a, None)
         raise RuntimeError("graph without output")
-
-    def input_origin(self) -> torch.Tensor:
-        """(P, 2): each window's input patch top-left (row, column) in the image."""
-        return self.nodes[self.graph.nodes[0]].origin()
 
     def run(self, base: dict[fx.Node, Any], windows: torch.Tensor, samples: torch.Tensor,
             input_patch: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Any:
