@@ -16,9 +16,9 @@ from . import ops
 from ._build import build_info
 from . import attr
 from .attr import *  # noqa: F401,F403  (the methods, listed in attr.__all__)
-from . import features, visualize
+from . import features, metrics, visualize
 from .engine import Explainer, Explanation
 
 __version__ = "0.1.0"
 
-__all__ = [*attr.__all__, "Explainer", "Explanation", "__version__", "build_info", "features", "ops", "visualize"]
+__all__ = [*attr.__all__, "Explainer", "Explanation", "__version__", "build_info", "features", "metrics", "ops", "visualize"]
