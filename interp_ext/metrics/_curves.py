@@ -23,7 +23,9 @@ BASELINES = ("black", "white", "mean", "uniform")
 def check_attributions(attributions: torch.Tensor, inputs: torch.Tensor, name: str = "attributions") -> torch.Tensor:
     """``attributions`` of images ``inputs (N, C, H, W)``: ``(N, 1 or C, H, W)`` (or ``(N, H, W)``),
     finite, not all equal within an image; returned as ``(N, 1 or C, H, W)`` float64 on the
-    inputs' device."""
+    inputs' device. A CAM method's result counts as its ``maps``."""
+    if not isinstance(attributions, torch.Tensor) and isinstance(getattr(attributions, "maps", None), torch.Tensor):
+        attributions = attributions.maps
     if not isinstance(attributions, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(attributions).__name__}")
     if not (attributions.is_floating_point() or attributions.dtype == torch.bool):
