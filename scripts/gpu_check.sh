@@ -120,6 +120,8 @@ print(json.dumps({"device": torch.cuda.get_device_name(), "patch_splice_ms": spl
                   "ratio": splice / copy}))
 PYEOF
   cat "$OUT/patch_splice_vs_copy.json"
+  # the metrics on the card: images/s beside Quantus given device="cuda" (same curves)
+  $PY benchmarks/bench_metrics.py --device cuda ${QUICK:+--quick} --out "$OUT" 2>&1 | grep -v Warning || status=1
 fi
 
 step "done, status $status"

@@ -141,13 +141,14 @@ def canvas_of(values: torch.Tensor, elem_steps: torch.Tensor, shape: torch.Size,
 class CurveModel:
     """The model as the curves score it: eval mode, forward only under inference mode,
     the BatchNorm-folded copy in tuned chunks when ``tune`` (`interp_ext.tuning`), softmax
-    probabilities or raw outputs of the target class."""
+    probabilities or raw outputs of the target class. Every metric shares one tuner per
+    model and input shape: their passes are the same work."""
 
-    def __init__(self, model: nn.Module, softmax: bool, tune: bool, kind: str):
+    def __init__(self, model: nn.Module, softmax: bool, tune: bool):
         self.softmax = softmax
         run = model
         if tune and isinstance(model, nn.Module):
-            run = TunedForward(folded_copy(model) or model, kind)
+            run = TunedForward(folded_copy(model) or model, "metrics")
         self.run = run
 
     def scores(self, batch: torch.Tensor) -> torch.Tensor:

@@ -131,7 +131,7 @@ def pixel_flipping(
         elem_steps = _pixel_major_ranks(a) // features_in_step
     canvas = _canvas(baseline, x, elem_steps, steps, uniform_low, uniform_high, seed)
     with eval_mode(model), torch.inference_mode():
-        scorer = CurveModel(model, softmax, tune, "metric pixel-flipping")
+        scorer = CurveModel(model, softmax, tune)
         idx, _ = scorer.targets(x, target)
         curves = replacement_curves(
             scorer, x, idx, elem_steps, canvas, steps,
@@ -195,7 +195,7 @@ def _patch_metric(model, inputs, attributions, target, *, patch_size, order, reg
         ref, ref_steps = F.pad(x.double(), pads, mode="replicate"), padded_steps
     canvas = _canvas(baseline, x, elem_steps, regions, uniform_low, uniform_high, seed, ref, ref_steps)
     with eval_mode(model), torch.inference_mode():
-        scorer = CurveModel(model, softmax, tune, f"metric {name}")
+        scorer = CurveModel(model, softmax, tune)
         idx, clean = scorer.targets(x, target)
         curves = replacement_curves(
             scorer, x, idx, elem_steps, canvas, regions,
@@ -311,7 +311,7 @@ def _causal(model, inputs, attributions, target, *, insert, pixels_per_step, can
     elem_steps = _pixel_major_ranks(a) // per_step + 1
     name = "insertion" if insert else "deletion"
     with eval_mode(model), torch.inference_mode():
-        scorer = CurveModel(model, softmax, tune, f"metric {name}")
+        scorer = CurveModel(model, softmax, tune)
         idx, _ = scorer.targets(x, target)
         curves = replacement_curves(
             scorer, x, idx, elem_steps, substrate, steps + 1, insert=insert,
