@@ -100,8 +100,9 @@ def bundled_case():
     layer = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)][-1]
     cam = GradCAM(model, layer).attribute(x, y).maps
     # Grad-CAM's ReLU zeros tie, and so do a one-channel map's channels, whose order within a
-    # pixel Quantus's sort leaves open (224 * 224 has no step that is a multiple of 3): break both
-    a = cam.expand(-1, 3, -1, -1) + 1e-4 * torch.rand(cam.shape[0], 3, *cam.shape[2:])
+    # pixel Quantus's sort leaves open (224 * 224 has no step that is a multiple of 3): break
+    # both, in float64 (among 150,528 float32 values some tie exactly)
+    a = cam.double().expand(-1, 3, -1, -1) + 1e-4 * torch.rand(cam.shape[0], 3, *cam.shape[2:], dtype=torch.float64)
     return model, x, y, a
 
 
