@@ -1,6 +1,8 @@
 """The ``interp-ext`` command.
 
     interp-ext explain INPUTS... [--methods gradcam,saliency,...] [--model NAME] --out DIR
+    interp-ext evaluate INPUTS... [--methods ...] [--metrics deletion,insertion,...]
+        [--metric-option pixel-flipping.features_in_step=1568] [--masks DIR] --out DIR
     interp-ext visualize class|channel|dream|invert|fool ... --out DIR
     interp-ext bench [--quick]
     interp-ext info
@@ -8,20 +10,49 @@
 ``explain`` also runs under ``torchrun --nproc_per_node=K -m interp_ext.cli explain ...``:
 the images are sharded across ranks, each on its own device (GPU ``LOCAL_RANK`` when
 there are GPUs); the ranks share their results through torchrun's store, and rank 0 merges ``summary.json`` and the gallery.
+
+``evaluate`` is the explain job with another end (:mod:`interp_ext.evaluate`): the same
+inputs, model, methods, targets, lock and sharding (also under torchrun), and instead of
+the maps it writes each image's scores by the metrics of :mod:`interp_ext.metrics`
+(``scores.csv``, ``scores.json``, ``curves.png``); an explain gallery in the same
+``--out`` shows them beside its pictures.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from . import evaluate as evaluation
 from . import explain as job
 from . import inputs, models, registry, writers
 from .ranks import Ranks
 from .ranks import from_environment as ranks_env
+
+_EVALUATE_TEXT = """\
+Score attribution maps: per image, method and metric the score (a curve metric's
+area under its curve) and the curve, in DIR/scores.csv (one row per image, method
+and metric) and DIR/scores.json (the rows with the curves, the summary: mean and
+std per method and metric, the configuration), a plot DIR/curves.png (per curve
+metric a panel, per method the mean curve and a band of one std over the images),
+and the page: DIR/index.html, the gallery of an explain run into the same DIR with
+each picture's scores added, else a page of its own. The summary is printed at
+the end.
+
+The maps are those of explain (the same --methods and options, one planner call
+per batch), handed to the metrics as (N, 1, H, W) maps at the model's input size
+(input-shaped maps summed over their channels), with the normalised images and
+their target classes.
+
+Resumable: per image a record DIR/records/scores/<hash>.json; an image's method
+and metric pair is not scored again when the record shows the same model weights,
+input size, target, input file, method options and layer and metric options
+(--force scores it again). One run at a time per --out (DIR/.lock, shared with
+explain). Under torchrun the images are sharded across ranks and rank 0 writes
+the table, the plot and the page.
+"""
 
 _EXPLAIN_TEXT = """\
 Explain many images: per image and method an overlay PNG and the raw map (.npy,
@@ -56,13 +87,65 @@ class _ExplainHelp(argparse.RawDescriptionHelpFormatter, _DefaultsShown):
     """explain's help: its description and the methods list kept as written, the defaults shown."""
 
 
+def _option_text(value: object) -> str:
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _job_arguments(p: argparse.ArgumentParser, d: "job.ExplainConfig", evaluate: bool = False) -> None:
+    """The options explain and evaluate share (evaluate: its wording of --force, --quiet and
+    the memory bound)."""
+    st = d.settings
+    p.add_argument("inputs", nargs="+", help="image files, folders (recursive) or .txt files listing paths")
+    p.add_argument("--methods", default=",".join(registry.DEFAULT_METHODS), metavar="M1,M2,...",
+                   help="comma list of explain's methods" if evaluate else "comma list of the methods listed below")
+    p.add_argument("--model", default=models.BUNDLED,
+                   help=f"{models.BUNDLED} (bundled), a torchvision architecture with --weights, or module:function")
+    p.add_argument("--weights", help="state-dict file for a torchvision architecture")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
+                   help="images per model call")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--target", default=d.target, help="top1, a class index, or a CSV of image,label rows")
+    p.add_argument("--layer", help="Grad-CAM layer (dotted module name); default: the model's last spatial layer")
+    p.add_argument("--occlusion-window", type=int, default=st.occlusion_window, metavar="PX",
+                   help="occlusion: side of the square window, in pixels")
+    p.add_argument("--occlusion-stride", type=int, default=st.occlusion_stride, metavar="PX",
+                   help="occlusion: step between windows, at most the window")
+    p.add_argument("--smoothgrad-samples", type=int, default=st.smoothgrad_samples, metavar="N",
+                   help="smoothgrad: noisy copies per image")
+    p.add_argument("--ig-steps", type=int, default=st.ig_steps, metavar="N",
+                   help="integrated-gradients: points on the path from the baseline")
+    p.add_argument("--shapley-patch", type=int, default=st.shapley_patch, metavar="PX",
+                   help="shapley: side of the square patches the image is split into")
+    p.add_argument("--shapley-samples", type=int, default=st.shapley_samples, metavar="N",
+                   help="shapley: random permutations of the patches")
+    bound = ("the memory bound of occlusion, shapley and smoothgrad: perturbed copies in one model "
+             "call over the whole batch; each image gets max(1, N // batch size) copies per call, "
+             "smoothgrad's noisy copies (which also run a backward) go N // 4 per call; it changes no map")
+    if evaluate:
+        bound += "; also the metrics' perturbed copies per model call (it changes no score)"
+    p.add_argument("--perturbations-per-eval", type=int, default=st.perturbations_per_eval, metavar="N", help=bound)
+    p.add_argument("--workers", type=int, default=job.default_workers(), metavar="N",
+                   help="threads that read images ahead of the model" + ("" if evaluate else
+                   ", and as many that write behind it") + "; the default is the number of usable cores, at most 4")
+    p.add_argument("--force", action="store_true",
+                   help="score every image again, also the pairs its record shows were scored with this configuration"
+                   if evaluate else
+                   "redo every image, also those whose record shows they were made with this configuration")
+    p.add_argument("--no-tune", action="store_true",
+                   help="run each pass on the whole batch in NCHW, exactly as given; by default each pass runs at "
+                   "the fastest batch size within --batch-size (and --perturbations-per-eval) and the faster "
+                   "memory format, measured on the first batches (maps equal to float rounding)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or report" if not evaluate else
+                   "no progress bar, report or summary table")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp-ext", description="Fast CNN interpretability on batches of images.")
     parser.add_argument("--version", action="version", version=f"interp-ext {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = job.ExplainConfig(inputs=(), out=Path("."))  # the defaults, shown as they resolve here
-    st = d.settings
     width = max(len(k) for k in registry.METHODS) + 2
     methods_text = "methods (--methods):\n" + "\n".join(f"  {k:<{width}}{m.help}" for k, m in registry.METHODS.items())
     ex = sub.add_parser(
@@ -72,45 +155,35 @@ def _parser() -> argparse.ArgumentParser:
         epilog=methods_text,
         formatter_class=_ExplainHelp,
     )
-    ex.add_argument("inputs", nargs="+", help="image files, folders (recursive) or .txt files listing paths")
-    ex.add_argument("--methods", default=",".join(registry.DEFAULT_METHODS), metavar="M1,M2,...",
-                    help="comma list of the methods listed below")
-    ex.add_argument("--model", default=models.BUNDLED,
-                    help=f"{models.BUNDLED} (bundled), a torchvision architecture with --weights, or module:function")
-    ex.add_argument("--weights", help="state-dict file for a torchvision architecture")
-    ex.add_argument("--out", required=True, type=Path, help="output folder")
-    ex.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
-                    help="images per model call")
-    ex.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    ex.add_argument("--target", default=d.target, help="top1, a class index, or a CSV of image,label rows")
-    ex.add_argument("--layer", help="Grad-CAM layer (dotted module name); default: the model's last spatial layer")
-    ex.add_argument("--occlusion-window", type=int, default=st.occlusion_window, metavar="PX",
-                    help="occlusion: side of the square window, in pixels")
-    ex.add_argument("--occlusion-stride", type=int, default=st.occlusion_stride, metavar="PX",
-                    help="occlusion: step between windows, at most the window")
-    ex.add_argument("--smoothgrad-samples", type=int, default=st.smoothgrad_samples, metavar="N",
-                    help="smoothgrad: noisy copies per image")
-    ex.add_argument("--ig-steps", type=int, default=st.ig_steps, metavar="N",
-                    help="integrated-gradients: points on the path from the baseline")
-    ex.add_argument("--shapley-patch", type=int, default=st.shapley_patch, metavar="PX",
-                    help="shapley: side of the square patches the image is split into")
-    ex.add_argument("--shapley-samples", type=int, default=st.shapley_samples, metavar="N",
-                    help="shapley: random permutations of the patches")
-    ex.add_argument("--perturbations-per-eval", type=int, default=st.perturbations_per_eval, metavar="N",
-                    help="the memory bound of occlusion, shapley and smoothgrad: perturbed copies in one model "
-                    "call over the whole batch; each image gets max(1, N // batch size) copies per call, "
-                    "smoothgrad's noisy copies (which also run a backward) go N // 4 per call; it changes no map")
-    ex.add_argument("--workers", type=int, default=job.default_workers(), metavar="N",
-                    help="threads that read images ahead of the model, and as many that write behind it; "
-                    "the default is the number of usable cores, at most 4")
-    ex.add_argument("--force", action="store_true",
-                    help="redo every image, also those whose record shows they were made with this configuration")
-    ex.add_argument("--no-tune", action="store_true",
-                    help="run each pass on the whole batch in NCHW, exactly as given; by default each pass runs at "
-                    "the fastest batch size within --batch-size (and --perturbations-per-eval) and the faster "
-                    "memory format, measured on the first batches (maps equal to float rounding)")
-    ex.add_argument("--quiet", action="store_true", help="no progress bar or report")
+    _job_arguments(ex, d)
     ex.set_defaults(func=_explain)
+
+    mwidth = max(len(k) for k in evaluation.METRICS) + 2
+    metrics_text = "metrics (--metrics) and their options (--metric-option NAME.KEY=VALUE, the defaults shown):\n"
+    explained: set = set()  # each option's note once, where it first appears
+    for k, m in evaluation.METRICS.items():
+        metrics_text += f"  {k:<{mwidth}}{m.help}; {m.better} is better\n"
+        for o, v in m.options.items():
+            note = f"  {v.help}" if v.help and (o, v.help) not in explained else ""
+            explained.add((o, v.help))
+            metrics_text += f"      {f'{o}={_option_text(v.default)}':<26}{note}".rstrip() + "\n"
+    ev = sub.add_parser(
+        "evaluate",
+        help="score the methods' maps with faithfulness (and localisation) metrics: scores.csv, scores.json, "
+             "curves.png, index.html",
+        description=_EVALUATE_TEXT,
+        epilog=metrics_text + "\nmethods (--methods): those of explain (interp-ext explain --help)",
+        formatter_class=_ExplainHelp,
+    )
+    _job_arguments(ev, d, evaluate=True)
+    ev.add_argument("--metrics", default=",".join(evaluation.DEFAULT_METRICS), metavar="K1,K2,...",
+                    help="comma list of the metrics listed below")
+    ev.add_argument("--metric-option", action="append", metavar="NAME.KEY=VALUE",
+                    help="change a metric's option, e.g. pixel-flipping.features_in_step=1568 (repeat for more)")
+    ev.add_argument("--masks", type=Path, metavar="DIR",
+                    help="ground-truth masks for the localisation metrics: an image per input with the same "
+                    "name (stem), white on the object, of the input's size")
+    ev.set_defaults(func=_evaluate, command_parser=ev)
 
     vis = sub.add_parser("visualize", help="feature visualisation: class, channel, dream, invert, fool -> PNGs")
     kinds = vis.add_subparsers(dest="kind", required=True)
@@ -171,17 +244,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    try:
-        methods = registry.parse_methods(args.methods)
-    except ValueError as e:
-        parser.error(str(e))
+def _job_config(args: argparse.Namespace, methods: list[str], rank: int, world: int,
+                local_rank: int) -> "job.ExplainConfig":
+    """explain's configuration from the options explain and evaluate share; under torchrun
+    each rank on its own GPU (``LOCAL_RANK``) when there are GPUs."""
     settings = registry.Settings(occlusion_window=args.occlusion_window, occlusion_stride=args.occlusion_stride,
                                  smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps,
                                  shapley_patch=args.shapley_patch,
                                  shapley_samples=args.shapley_samples,
                                  perturbations_per_eval=args.perturbations_per_eval)
-    rank, world, local_rank = ranks_env()
     device = args.device
     if world > 1 and (device.startswith("cuda") or device == "auto"):
         import torch
@@ -189,18 +260,31 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if torch.cuda.is_available():  # one device per rank
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(local_rank)
-    config = job.ExplainConfig(inputs=args.inputs, out=args.out, methods=methods, model=args.model, weights=args.weights,
-                               batch_size=args.batch_size, device=device, target=args.target, layer=args.layer,
-                               quiet=args.quiet or rank > 0, force=args.force, settings=settings,
-                               workers=args.workers, tune=not args.no_tune)
+    return job.ExplainConfig(inputs=args.inputs, out=args.out, methods=methods, model=args.model, weights=args.weights,
+                             batch_size=args.batch_size, device=device, target=args.target, layer=args.layer,
+                             quiet=args.quiet or rank > 0, force=args.force, settings=settings,
+                             workers=args.workers, tune=not args.no_tune)
+
+
+def _release(state: dict) -> None:
+    for held in (state.get("prep"), state.get("checked")):
+        if held is not None and held.lock is not None:
+            held.lock.release()
+
+
+def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        methods = registry.parse_methods(args.methods)
+    except ValueError as e:
+        parser.error(str(e))
+    rank, world, local_rank = ranks_env()
+    config = _job_config(args, methods, rank, world, local_rank)
     state: dict = {}
     try:
         with Ranks(rank, world) as ranks:
             return _explain_phases(config, args, ranks, state)
     finally:
-        for held in (state.get("prep"), state.get("checked")):
-            if held is not None and held.lock is not None:
-                held.lock.release()
+        _release(state)
 
 
 def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks: Ranks, state: dict) -> int:
@@ -246,7 +330,8 @@ def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks
             return None
         summary = job.summarize(prep, parts)
         writers.write_summary(config.out, summary)
-        gallery = writers.write_gallery(config.out, summary)
+        # with the scores of an evaluate run into the same --out (of the same maps), if any
+        gallery = writers.write_gallery(config.out, summary, scores=evaluation.gallery_scores(config.out, summary))
         writers.write_contact_sheet(config.out, summary)
         state["summary"] = summary, gallery
 
@@ -263,6 +348,95 @@ def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks
         if owner:
             print("interp-ext explain: no image could be processed", file=sys.stderr)
         return 1
+    return 0
+
+
+class _EvaluateRanks(Ranks):
+    """explain's ranks, with evaluate's name on their error lines."""
+
+    def failed(self, results: list, code: int, hint: str = "") -> int:
+        bad = [(r, msg) for r, (ok, msg, _) in enumerate(results) if not ok]
+        for r, msg in bad:
+            if self.rank == 0 or r == self.rank:
+                where = f" (rank {r})" if self.world > 1 else ""
+                print(f"interp-ext evaluate: error{where}: {msg}{hint}", file=sys.stderr)
+        return code if bad else 0
+
+
+def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        methods = evaluation.parse_methods(args.methods)
+        metrics = evaluation.parse_metrics(args.metrics)
+        overrides = evaluation.parse_metric_options(args.metric_option or [], metrics)
+    except ValueError as e:
+        getattr(args, "command_parser", parser).error(str(e))  # evaluate's usage line, then the message
+    rank, world, local_rank = ranks_env()
+    config = evaluation.EvaluateConfig(_job_config(args, methods, rank, world, local_rank), metrics, overrides,
+                                       args.masks)
+    state: dict = {}
+    try:
+        with _EvaluateRanks(rank, world) as ranks:
+            return _evaluate_phases(config, args, ranks, state)
+    finally:
+        _release(state)
+
+
+def _evaluate_phases(config: "evaluation.EvaluateConfig", args: argparse.Namespace, ranks: Ranks, state: dict) -> int:
+    """explain's phases (checks, model, lock, shards, the owner's files), scoring instead of writing maps."""
+    owner = ranks.rank == 0
+    out = config.explain.out
+
+    def check():
+        state["checked"] = evaluation.check(config, owner=owner)
+        return len(state["checked"].job.images)
+
+    results = ranks.agree(ranks.phase(check))
+    if ranks.failed(results, 2):
+        return 2
+    checked = state["checked"]
+    if owner:
+        for s in checked.job.skipped:
+            print(f"interp-ext: skipped {s['source']}: {s['reason']}", file=sys.stderr)
+        if not args.quiet and not evaluation.plot_available():
+            print("interp-ext evaluate: matplotlib is not installed: no curves.png "
+                  "(pip install matplotlib, or 'interp_ext[bench]')", file=sys.stderr)
+    if not results[0][2]:
+        if owner:
+            print("interp-ext evaluate: no image could be processed", file=sys.stderr)
+        return 1
+
+    def load():
+        state["prep"] = evaluation.load(checked)
+
+    if ranks.failed(ranks.agree(ranks.phase(load)), 2):
+        return 2
+    prep = state["prep"]
+    if ranks.failed(ranks.agree(ranks.phase(lambda: evaluation.claim(prep) if owner else None)), 2):
+        return 2
+    images = prep.job.images
+    results = ranks.agree(ranks.phase(lambda: evaluation.run(prep, images[ranks.rank::ranks.world])))
+    if ranks.failed(results, 1, "; the images scored before are kept: run the same command again to resume"):
+        return 1
+    parts = [part for _, _, part in results]
+
+    def finish():
+        if owner:
+            state["table"] = evaluation.finish(prep, parts)
+
+    if ranks.failed(ranks.agree(ranks.phase(finish)), 1):
+        return 1
+    if not sum(len(part["images"]) for part in parts):
+        if owner:
+            print("interp-ext evaluate: no image could be processed", file=sys.stderr)
+        return 1
+    if owner and not args.quiet:
+        table = state["table"]
+        t, files = table["timing"], table["files"]
+        print(evaluation.format_summary(table))
+        shown = [f"{name}: {inputs.display_name(Path(path).resolve())}" for name, path in
+                 (("table", files["csv"]), ("plot", files["plot"]), ("page", files["page"])) if path is not None]
+        print(f"scored {t['processed_this_run']} images this run ({t['images']} in {inputs.display_name(out)}, "
+              f"{len(table['skipped'])} skipped); {'; '.join(shown)}")
     return 0
 
 

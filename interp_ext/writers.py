@@ -324,6 +324,9 @@ nav.pages a,nav.pages b{margin-right:.4em}
 #zoom[hidden]{display:none}
 #zoom img{width:min(90vw,82vh);height:auto;max-height:82vh;background:#fff}
 #zoom figcaption{color:#fff;text-align:center;margin-top:.5em}
+.scores{font-size:11px;color:#333;margin-top:3px;line-height:1.3}
+table.summary{margin-bottom:1em}
+table.summary td{text-align:right}
 """
 
 # Click a picture: it fills the window (arrow keys: the next / previous picture; a click,
@@ -393,13 +396,49 @@ def _pager(here: int, count: int) -> str:
     return f'<nav class="pages">page {here} of {count}: {" ".join(links)}</nav>'
 
 
-def write_gallery(out: Path, summary: dict, page_size: int = GALLERY_PAGE) -> Path:
+def format_score(value: Any) -> str:
+    """A score as the pages show it: 4 significant digits, "-" for none."""
+    return "-" if value is None else f"{value:.4g}"
+
+
+def scores_summary_html(scores: dict, prefix: str = "") -> str:
+    """The summary table of `scores` (see :func:`write_gallery`): a row per method, per
+    metric its mean ± std over the images (and how many), which way is better, and links
+    to the files beside the page (`prefix`: the way from the page to DIR)."""
+    metrics = scores["metrics"]
+    head = "".join(f"<th>{_text(k)}<br><small>{_text(scores['better'].get(k, ''))} is better</small></th>"
+                   for k in metrics)
+    rows = []
+    for m in scores["methods"]:
+        cells = []
+        for k in metrics:
+            s = (scores["summary"].get(m) or {}).get(k) or {}
+            if s.get("mean") is None:
+                cells.append("<td>-</td>")
+                continue
+            spread = f" &plusmn; {format_score(s['std'])}" if s.get("std") is not None else ""
+            cells.append(f"<td>{format_score(s['mean'])}{spread} <small>({s['n']})</small></td>")
+        rows.append(f"<tr><th>{_text(m)}</th>{''.join(cells)}</tr>")
+    links = ", ".join(f'<a href="{prefix}{html.escape(urllib.parse.quote(name))}">{_text(name)}</a>'
+                      for name in scores.get("links", []))
+    return (f'<h2>Scores</h2><p>mean &plusmn; std over the images (how many); curve metrics: the area under '
+            f'the curve{f"; {links}" if links else ""}.</p>'
+            f'<table class="summary"><thead><tr><th>method</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
+def write_gallery(out: Path, summary: dict, page_size: int = GALLERY_PAGE, scores: Optional[dict] = None) -> Path:
     """DIR/index.html: images x methods, relative links only (viewable offline), in pages
     of `page_size` images (index.html, then DIR/pages/2.html...; pages left by an earlier,
     larger run are removed). Pictures load lazily, a click enlarges one (the arrow keys
     step through the page), and each method's column header carries the colour bar of its
     pictures. Every name goes through :func:`display_name`, so no file name can break a
-    page. Returns the path of index.html."""
+    page. Returns the path of index.html.
+
+    `scores` (from ``interp-ext evaluate``: :func:`interp_ext.evaluate.gallery_scores`):
+    ``metrics``, ``better`` (metric -> "lower" / "higher"), ``methods``, ``images`` (key ->
+    method -> metric -> score), ``summary`` (method -> metric -> mean, std, n) and ``links``
+    (files in DIR): the first page then shows the summary table, and each picture its
+    image's scores under it."""
     if page_size < 1:
         raise ValueError(f"page_size must be positive, got {page_size}")
     from . import viz  # here, not at the top: viz imports this module
@@ -437,7 +476,8 @@ def write_gallery(out: Path, summary: dict, page_size: int = GALLERY_PAGE) -> Pa
                 src = prefix + html.escape(urllib.parse.quote(display_name(rel)))
                 caption = f"{_text(key)}: {_text(name)}"
                 cells.append(f'<td><a class="zoom" href="{src}" data-caption="{caption}"><img src="{src}" '
-                             f'alt="{caption}" width="160" height="160" loading="lazy" decoding="async"></a></td>')
+                             f'alt="{caption}" width="160" height="160" loading="lazy" decoding="async"></a>'
+                             f'{_image_scores(scores, key, name)}</td>')
             top = entry.get("top5") or []
             pred = _text(f"{top[0]['class']} ({top[0]['probability']:.1%})") if top else ""
             target = _text(entry.get("target_name", entry.get("target", "")))
@@ -453,6 +493,7 @@ def write_gallery(out: Path, summary: dict, page_size: int = GALLERY_PAGE) -> Pa
 <body><h1>interp_ext: {_text(summary['model'])}</h1>
 <p>{shown}, methods: {_text(', '.join(methods))}; device {_text(summary['device'])}. Click a picture to enlarge it.</p>
 {f'<p><small>{_text("; ".join(legend))}.</small></p>' if legend else ''}
+{scores_summary_html(scores, prefix) if scores and page == 1 else ''}
 {pager}
 <table><thead><tr>{''.join(head)}</tr></thead>
 <tbody>
@@ -481,6 +522,13 @@ def write_gallery(out: Path, summary: dict, page_size: int = GALLERY_PAGE) -> Pa
         except OSError:
             pass
     return out / "index.html"
+
+
+def _image_scores(scores: Optional[dict], key: str, method: str) -> str:
+    """One picture's scores (its image and method), a line per metric; "" without any."""
+    per = ((scores or {}).get("images", {}).get(key) or {}).get(method) or {}
+    lines = [f"{_text(k)}: {format_score(per[k])}" for k in (scores or {}).get("metrics", []) if k in per]
+    return f'<div class="scores">{"<br>".join(lines)}</div>' if lines else ""
 
 
 def _fit(draw: Any, text: str, font: Any, width: int) -> str:
