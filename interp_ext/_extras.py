@@ -14,6 +14,7 @@ EXTRAS = {
     "scipy": ("features", "scipy"),
     "cv2": ("features", "opencv-python-headless"),
     "faiss": ("faiss", "faiss-cpu"),
+    "matplotlib": ("evaluate", "matplotlib"),
 }
 
 

@@ -351,18 +351,6 @@ def _explain_phases(config: "job.ExplainConfig", args: argparse.Namespace, ranks
     return 0
 
 
-class _EvaluateRanks(Ranks):
-    """explain's ranks, with evaluate's name on their error lines."""
-
-    def failed(self, results: list, code: int, hint: str = "") -> int:
-        bad = [(r, msg) for r, (ok, msg, _) in enumerate(results) if not ok]
-        for r, msg in bad:
-            if self.rank == 0 or r == self.rank:
-                where = f" (rank {r})" if self.world > 1 else ""
-                print(f"interp-ext evaluate: error{where}: {msg}{hint}", file=sys.stderr)
-        return code if bad else 0
-
-
 def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         methods = evaluation.parse_methods(args.methods)
@@ -375,7 +363,7 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                        args.masks)
     state: dict = {}
     try:
-        with _EvaluateRanks(rank, world) as ranks:
+        with Ranks(rank, world, command="evaluate") as ranks:
             return _evaluate_phases(config, args, ranks, state)
     finally:
         _release(state)
@@ -399,7 +387,7 @@ def _evaluate_phases(config: "evaluation.EvaluateConfig", args: argparse.Namespa
             print(f"interp-ext: skipped {s['source']}: {s['reason']}", file=sys.stderr)
         if not args.quiet and not evaluation.plot_available():
             print("interp-ext evaluate: matplotlib is not installed: no curves.png "
-                  "(pip install matplotlib, or 'interp_ext[bench]')", file=sys.stderr)
+                  "(pip install 'interp_ext[evaluate]')", file=sys.stderr)
     if not results[0][2]:
         if owner:
             print("interp-ext evaluate: no image could be processed", file=sys.stderr)

@@ -159,7 +159,7 @@ class OutLock:
             finally:
                 os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise BusyError(f"--out {name}: another interp-ext explain run is writing there ({holder}); "
+                raise BusyError(f"--out {name}: another interp-ext run (explain or evaluate) is writing there ({holder}); "
                                 "wait for it to finish or choose another --out") from None
             raise ExplainError(f"--out {name}: cannot lock .lock ({e.strerror})") from None
         os.ftruncate(fd, 0)

@@ -38,10 +38,11 @@ class Ranks:
 
     POLL_SECONDS = 0.05
 
-    def __init__(self, rank: int, world: int, store: Any = None, connect_timeout: float = 300.0):
+    def __init__(self, rank: int, world: int, store: Any = None, connect_timeout: float = 300.0,
+                 command: str = "explain"):
         """`store`: a torch.distributed Store shared by the ranks (default: torchrun's,
-        found from the environment)."""
-        self.rank, self.world = rank, world
+        found from the environment); `command`: the subcommand its error lines name."""
+        self.rank, self.world, self.command = rank, world, command
         self.store = store
         self._phases = 0
         if world > 1 and store is None:
@@ -91,7 +92,7 @@ class Ranks:
         for r, msg in bad:
             if self.rank == 0 or r == self.rank:
                 where = f" (rank {r})" if self.world > 1 else ""
-                print(f"interp-ext explain: error{where}: {msg}{hint}", file=sys.stderr)
+                print(f"interp-ext {self.command}: error{where}: {msg}{hint}", file=sys.stderr)
         return code
 
     def __enter__(self) -> "Ranks":

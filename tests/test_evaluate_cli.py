@@ -323,7 +323,7 @@ def test_two_ranks_equal_one_process(tmp_path, tiny):
                                              evaluate.parse_metric_options(args.metric_option, ["deletion", "selectivity"]))
             state = {}
             try:
-                with cli._EvaluateRanks(r, 2, store=store) as ranks:
+                with cli.Ranks(r, 2, store=store, command="evaluate") as ranks:
                     codes[r] = cli._evaluate_phases(config, args, ranks, state)
             finally:
                 cli._release(state)

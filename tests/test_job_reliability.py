@@ -176,7 +176,7 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, tiny, images, caps
         before = _tree(out)
         assert _explain(images, "--out", out, *common[:-1]) == 2
         err = capsys.readouterr().err
-        assert "another interp-ext explain run is writing there" in err and f"pid {first.pid}" in err
+        assert "another interp-ext run (explain or evaluate) is writing there" in err and f"pid {first.pid}" in err
         assert _tree(out) == before  # the refused run wrote nothing
     finally:
         go.touch()
