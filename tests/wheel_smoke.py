@@ -44,11 +44,16 @@ with tempfile.TemporaryDirectory() as tmp:
     occ = Occlusion(model).attribute(x[:1], (3, 56, 56), strides=(3, 56, 56), target=None, perturbations_per_eval=16)
     assert occ.shape == (1, 3, 224, 224)
     y = ops.guided_relu(torch.randn(8, 16), upper=6.0, rule="guided")
+    dele = interp_ext.metrics.deletion(model, x, res.maps, pixels_per_step=224 * 56, return_auc_per_sample=True)
+    assert dele.shape == (2,) and bool(((dele >= 0) & (dele <= 1)).all()), dele
     # the command: explain with the default methods, its gallery and summary
     out = Path(tmp) / "out"
     subprocess.run(["interp-ext", "explain", tmp, "--out", str(out), "--quiet"], check=True)
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["images"]) == 2 and (out / "index.html").is_file(), summary.get("skipped")
+    subprocess.run(["interp-ext", "evaluate", tmp, "--out", str(out), "--quiet", "--methods", "gradcam",
+                    "--metrics", "deletion", "--metric-option", "deletion.pixels_per_step=12544"], check=True)
+    assert (out / "scores.csv").read_text().count("gradcam,deletion") == 2
     version = subprocess.run(["interp-ext", "--version"], check=True, capture_output=True, text=True).stdout
     assert version.startswith(f"interp-ext {interp_ext.__version__}"), version
 print(f"wheel smoke test passed: {here} ({'CUDA' if info['cuda_compiled'] else 'CPU-only'} build, torch {torch.__version__})")
