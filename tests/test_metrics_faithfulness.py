@@ -327,3 +327,57 @@ def test_bad_inputs_and_target():
         metrics.deletion(model, torch.full((3, 3, 8, 8), float("nan"), dtype=torch.float64), a, 0)
     with pytest.raises(ValueError, match="target must be in"):
         metrics.deletion(model, torch.rand(3, 3, 8, 8, dtype=torch.float64), a, 5, tune=False)
+
+
+def test_blur_canvas_is_rises_kernel():
+    from scipy.ndimage import gaussian_filter
+
+    delta = np.zeros((11, 11))
+    delta[5, 5] = 1
+    rise = gaussian_filter(delta, 5)  # RISE's gkern(klen=11, nsig=5)
+    taps = metrics.faithfulness.rise_taps(11, 5.0).numpy()
+    np.testing.assert_allclose(np.outer(taps, taps), rise, rtol=1e-12, atol=1e-15)
+    x = torch.rand(1, 3, 9, 12, dtype=torch.float64)
+    expected = torch.nn.functional.conv2d(x, torch.from_numpy(rise).expand(3, 1, 11, 11), padding=5, groups=3)
+    torch.testing.assert_close(metrics.faithfulness._substrate("blur", x, 5.0, 11), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_an_images_random_draws_do_not_depend_on_the_batch(cnn_case):
+    model, x, y = cnn_case
+    a = torch.randn(3, 1, 18, 20)
+    kw = dict(patch_size=6, order="random", regions_evaluation=4, perturb_baseline="uniform", tune=False)
+    whole = metrics.region_perturbation(model, x, a, y, seed=[10, 11, 12], **kw)
+    part = metrics.region_perturbation(model, x[1:], a[1:], y[1:], seed=[11, 12], **kw)
+    torch.testing.assert_close(part, whole[1:], rtol=0, atol=1e-12)
+    torch.testing.assert_close(metrics.region_perturbation(model, x, a, y, seed=10, **kw), whole, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="seed must be an int or 3 ints"):
+        metrics.region_perturbation(model, x, a, y, seed=[1, 2], **kw)
+
+
+def test_gradient_methods_still_run_after_a_metric(cnn_case):
+    # the metrics' folded copy is cached per model: made under inference mode it would hold
+    # inference tensors that a later gradient method cannot save for backward
+    from interp_ext import Explainer
+
+    model, x, y = cnn_case
+    metrics.deletion(model, x, torch.rand(3, 1, 18, 20), y)
+    assert Explainer(model, ["saliency"]).explain(x, y).maps["saliency"].shape == (3, 18, 20)
+
+
+@pytest.mark.needs_cuda
+def test_cuda_curves_equal_cpu(cnn_case):
+    model, x, y = cnn_case
+    a = torch.randn(3, 1, 18, 20)
+    gpu = model.to("cuda")
+    try:
+        for fn, kw in ((metrics.pixel_flipping, {"features_in_step": 36, "perturb_baseline": "mean"}),
+                       (metrics.region_perturbation, {"patch_size": 7, "order": "random", "seed": 3,
+                                                      "perturb_baseline": "uniform"}),
+                       (metrics.insertion, {})):
+            on_gpu = fn(gpu, x.cuda(), a.cuda(), y.cuda(), tune=False, **kw)
+            assert on_gpu.device.type == "cuda"
+            on_cpu = fn(model.cpu(), x, a, y, tune=False, **kw)
+            gpu = model.to("cuda")
+            torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-4, atol=1e-5)
+    finally:
+        model.cpu()

@@ -22,7 +22,7 @@ BASELINES = ("black", "white", "mean", "uniform")
 
 def check_attributions(attributions: torch.Tensor, inputs: torch.Tensor, name: str = "attributions") -> torch.Tensor:
     """``attributions`` of images ``inputs (N, C, H, W)``: ``(N, 1 or C, H, W)`` (or ``(N, H, W)``),
-    finite, not all equal within an image; returned as ``(N, 1 or C, H, W)`` float64 on the
+    finite; returned as ``(N, 1 or C, H, W)`` float64 on the
     inputs' device. A CAM method's result counts as its ``maps``."""
     if not isinstance(attributions, torch.Tensor) and isinstance(getattr(attributions, "maps", None), torch.Tensor):
         attributions = attributions.maps
@@ -72,9 +72,11 @@ def check_baseline(baseline: Baseline, inputs: torch.Tensor, name: str = "pertur
         return float(baseline)
     if isinstance(baseline, torch.Tensor):
         try:
-            torch.broadcast_shapes(baseline.shape, inputs.shape)
+            fits = torch.broadcast_shapes(baseline.shape, inputs.shape) == inputs.shape
         except RuntimeError:
-            raise ValueError(f"{name} must broadcast to the inputs' shape {tuple(inputs.shape)}, got {tuple(baseline.shape)}") from None
+            fits = False
+        if not fits:
+            raise ValueError(f"{name} must broadcast to the inputs' shape {tuple(inputs.shape)}, got {tuple(baseline.shape)}")
         if not bool(torch.isfinite(baseline).all()):
             raise ValueError(f"{name} contains NaN or inf: every value must be finite")
         return baseline
@@ -98,7 +100,7 @@ def step_values(
     *,
     uniform_low: float = 0.0,
     uniform_high: float = 1.0,
-    generator: Optional[torch.Generator] = None,
+    generators: Optional[list[torch.Generator]] = None,
 ) -> torch.Tensor:
     """Quantus's replacement value of each step ``(N, steps + 1)`` (the last column for
     elements never replaced) for a named or numeric baseline. Quantus takes the statistic
@@ -107,7 +109,8 @@ def step_values(
     "black" / "white" are its min / max (unchanged by the replacements), "mean" its mean
     before each step, which follows ``m[k+1] = m[k] + (n_k m[k] - S_k) / F`` (``n_k``
     elements of original sum ``S_k`` replaced at step ``k``, ``F`` elements in all), solved
-    in closed form; "uniform" draws one value per image and step."""
+    in closed form; "uniform" draws one value per image and step (from each image's
+    generator in ``generators``, else torch's global one)."""
     n = ref.shape[0]
     flat = ref.reshape(n, -1).double()
     if isinstance(baseline, float):
@@ -116,7 +119,8 @@ def step_values(
         value = flat.amin(1) if baseline == "black" else flat.amax(1)
         return value[:, None].expand(n, steps + 1).contiguous()
     if baseline == "uniform":
-        u = torch.rand((n, steps + 1), generator=generator, dtype=torch.float64, device="cpu")
+        gens = generators or [None] * n
+        u = torch.stack([torch.rand(steps + 1, generator=g, dtype=torch.float64) for g in gens])
         return (uniform_low + (uniform_high - uniform_low) * u).to(ref.device)
     # "mean": the per-step element counts and sums of the original values
     ids = ref_steps.expand_as(ref).reshape(n, -1)

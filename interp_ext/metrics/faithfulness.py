@@ -13,7 +13,7 @@ and scored forward-only (`interp_ext.metrics._curves`).
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from ._curves import (
 )
 
 Canvas = Union[str, float, int, torch.Tensor]
+Seed = Union[None, int, Sequence[int]]
 
 
 def _prepare(attributions: torch.Tensor, normalise: bool, take_abs: bool) -> torch.Tensor:
@@ -56,8 +57,17 @@ def _pixel_major_ranks(a: torch.Tensor) -> torch.Tensor:
     return ranks.view(n, h, w, k).permute(0, 3, 1, 2)
 
 
-def _seeded(seed: Optional[int]) -> Optional[torch.Generator]:
-    return None if seed is None else torch.Generator().manual_seed(int(seed))
+def _generators(seed: Seed, n: int) -> Optional[list[torch.Generator]]:
+    """One CPU generator per image: an image's draws do not depend on the others in the
+    call. A sequence seeds each image; an int ``s`` seeds image ``i`` with ``s + i``."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, Sequence)) or isinstance(seed, str):
+        raise TypeError(f"seed must be None, an int or one int per image, got {type(seed).__name__}")
+    seeds = [seed + i for i in range(n)] if isinstance(seed, int) else list(seed)
+    if len(seeds) != n or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seed must be an int or {n} ints (one per image), got {seed!r}")
+    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
 def pixel_flipping(
@@ -74,7 +84,7 @@ def pixel_flipping(
     return_auc_per_sample: bool = False,
     uniform_low: float = 0.0,
     uniform_high: float = 1.0,
-    seed: Optional[int] = None,
+    seed: Seed = None,
     batch_size: int = 64,
     tune: bool = True,
     show_progress: bool = False,
@@ -93,10 +103,13 @@ def pixel_flipping(
             rule), and the curve has ``C * H * W / features_in_step`` points.
         perturb_baseline: "black" / "white" (the image's min / max), "mean" (the mean of the
             image as perturbed so far), "uniform" (a value per step drawn from
-            ``[uniform_low, uniform_high)``; ``seed`` fixes it), a number, or a tensor
+            ``[uniform_low, uniform_high)``), a number, or a tensor
             broadcastable to the inputs (a replacement image).
         softmax: score by class probability (Quantus's default) instead of the raw output.
         normalise, abs: Quantus's preprocessing of the attributions.
+        seed: the "uniform" draws (and region perturbation's "random" order): one int per
+            image, or an int ``s`` that gives image ``i`` the seed ``s + i``; None draws from
+            torch's global generator.
         return_auc_per_sample: return each curve's area (trapezoidal rule, unit spacing).
         batch_size: copies built and scored at once (a memory bound).
         tune: run the BatchNorm-folded model at the tuned batch and memory format
@@ -130,8 +143,8 @@ def pixel_flipping(
     else:
         elem_steps = _pixel_major_ranks(a) // features_in_step
     canvas = _canvas(baseline, x, elem_steps, steps, uniform_low, uniform_high, seed)
+    scorer = CurveModel(model, softmax, tune)  # outside inference mode: the folded copy is cached for gradients too
     with eval_mode(model), torch.inference_mode():
-        scorer = CurveModel(model, softmax, tune)
         idx, _ = scorer.targets(x, target)
         curves = replacement_curves(
             scorer, x, idx, elem_steps, canvas, steps,
@@ -148,7 +161,8 @@ def _canvas(baseline: Baseline, x: torch.Tensor, elem_steps: torch.Tensor, steps
     if isinstance(baseline, torch.Tensor):
         return baseline.to(device=x.device, dtype=x.dtype).expand(x.shape).contiguous()
     ref, ref_steps = (x, elem_steps) if ref is None else (ref, ref_steps)
-    values = step_values(baseline, ref, ref_steps, steps, uniform_low=low, uniform_high=high, generator=_seeded(seed))
+    values = step_values(baseline, ref, ref_steps, steps, uniform_low=low, uniform_high=high,
+                         generators=_generators(seed, x.shape[0]))
     return canvas_of(values, elem_steps, x.shape, x.dtype)
 
 
@@ -175,13 +189,13 @@ def _patch_metric(model, inputs, attributions, target, *, patch_size, order, reg
     a = _prepare(a, normalise, take_abs)
     pad_h, pad_w = _padding(h, patch_size), _padding(w, patch_size)
     pads = (pad_w[0], pad_w[1], pad_h[0], pad_h[1])
-    # each patch's attribution sum over the zero-padded map (row-major patches)
+    # each patch's mean attribution over the zero-padded map (row-major patches): the sum's order
     sums = F.avg_pool2d(F.pad(a.sum(1, keepdim=True), pads), patch_size).flatten(1)
     patches = sums.shape[1]
     regions = patches if regions is None else min(check_positive_int(regions, "regions_evaluation"), patches)
     if order == "random":
-        gen = _seeded(seed)
-        rank = torch.stack([torch.randperm(patches, generator=gen) for _ in range(n)]).to(sums.device)
+        gens = _generators(seed, n) or [None] * n
+        rank = torch.stack([torch.randperm(patches, generator=g) for g in gens]).to(sums.device)
     else:
         rank = descending_ranks(sums if order == "morf" else -sums)
     x = inputs.detach().contiguous()
@@ -194,8 +208,8 @@ def _patch_metric(model, inputs, attributions, target, *, patch_size, order, reg
     if isinstance(baseline, str) and baseline == "mean":  # Quantus's mean is over the image edge-padded to the patch grid
         ref, ref_steps = F.pad(x.double(), pads, mode="replicate"), padded_steps
     canvas = _canvas(baseline, x, elem_steps, regions, uniform_low, uniform_high, seed, ref, ref_steps)
+    scorer = CurveModel(model, softmax, tune)  # outside inference mode: the folded copy is cached for gradients too
     with eval_mode(model), torch.inference_mode():
-        scorer = CurveModel(model, softmax, tune)
         idx, clean = scorer.targets(x, target)
         curves = replacement_curves(
             scorer, x, idx, elem_steps, canvas, regions,
@@ -220,7 +234,7 @@ def region_perturbation(
     return_auc_per_sample: bool = False,
     uniform_low: float = 0.0,
     uniform_high: float = 1.0,
-    seed: Optional[int] = None,
+    seed: Seed = None,
     batch_size: int = 64,
     tune: bool = True,
     show_progress: bool = False,
@@ -266,7 +280,7 @@ def selectivity(
     return_auc_per_sample: bool = False,
     uniform_low: float = 0.0,
     uniform_high: float = 1.0,
-    seed: Optional[int] = None,
+    seed: Seed = None,
     batch_size: int = 64,
     tune: bool = True,
     show_progress: bool = False,
@@ -310,8 +324,8 @@ def _causal(model, inputs, attributions, target, *, insert, pixels_per_step, can
     # pixel of rank r goes at step r // per_step + 1: copy 0 is the start, copy `steps` the end
     elem_steps = _pixel_major_ranks(a) // per_step + 1
     name = "insertion" if insert else "deletion"
+    scorer = CurveModel(model, softmax, tune)  # outside inference mode: the folded copy is cached for gradients too
     with eval_mode(model), torch.inference_mode():
-        scorer = CurveModel(model, softmax, tune)
         idx, _ = scorer.targets(x, target)
         curves = replacement_curves(
             scorer, x, idx, elem_steps, substrate, steps + 1, insert=insert,
@@ -319,6 +333,23 @@ def _causal(model, inputs, attributions, target, *, insert, pixels_per_step, can
         )
     curves = curves.clone()
     return trapezoid(curves, 1.0 / steps) if return_auc_per_sample else curves
+
+
+def rise_taps(size: int, sigma: float) -> torch.Tensor:
+    """RISE's blur taps ``(size,)`` float64: SciPy's ``gaussian_filter1d`` (radius
+    ``int(4 sigma + 0.5)``) of a centred delta of ``size`` samples in "reflect" mode (the
+    signal mirrored about its edges, ``d c b a | a b c d | d c b a``), so the Gaussian's
+    tails fold back into the kernel."""
+    radius = int(4.0 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1)
+    weights = torch.exp(-0.5 * (offsets.double() / sigma) ** 2)
+    weights /= weights.sum()
+    taps = torch.zeros(size, dtype=torch.float64)
+    for i in range(size):  # output i sums the weights of the offsets whose mirrored sample is the delta
+        period = torch.remainder(i - offsets, 2 * size)
+        mirrored = torch.where(period < size, period, 2 * size - 1 - period)
+        taps[i] = weights[mirrored == size // 2].sum()
+    return taps
 
 
 def _substrate(canvas: Canvas, x: torch.Tensor, sigma: float, size: int) -> torch.Tensor:
@@ -330,7 +361,8 @@ def _substrate(canvas: Canvas, x: torch.Tensor, sigma: float, size: int) -> torc
             if not (isinstance(sigma, (int, float)) and sigma > 0):
                 raise ValueError(f"blur_sigma must be a positive number, got {sigma!r}")
             check_positive_int(size, "blur_size")
-            return ops.gaussian_blur(x, float(sigma), size, padding="zeros").contiguous()
+            taps = rise_taps(size, float(sigma)).to(x.device, torch.float64 if x.dtype == torch.float64 else torch.float32)
+            return ops.separable_filter(x, taps[None], taps[None], padding="zeros").contiguous()
         raise ValueError(f"canvas must be 'zeros', 'blur', a number or a tensor, got {canvas!r}")
     value = check_baseline(canvas, x, "canvas")
     if isinstance(value, float):
@@ -346,7 +378,9 @@ _CAUSAL_ARGS = """
             pixels per step on 224 x 224 images). The curve has ``steps + 1`` points, from
             the start to every pixel changed.
         canvas: {canvas}, "zeros", a number or a tensor broadcastable to the inputs.
-        blur_sigma, blur_size: the "blur" canvas (RISE's 11-tap kernel of sigma 5, zero padding).
+        blur_sigma, blur_size: the "blur" canvas: RISE's kernel (``gkern``: a ``blur_size``
+            delta filtered by SciPy's ``gaussian_filter`` of ``blur_sigma``, reflect mode,
+            separable), applied with zero padding as RISE's ``conv2d``.
         softmax: score by class probability (RISE's) instead of the raw output.
         return_auc_per_sample: return each curve's area over the fraction of pixels in [0, 1]
             (RISE's: the trapezoidal rule with spacing ``1 / steps``).
