@@ -14,8 +14,8 @@ a score record ``DIR/records/scores/<hash>.json``.
 Metrics (:data:`METRICS`): the faithfulness curves ``pixel-flipping``,
 ``region-perturbation``, ``selectivity``, ``deletion`` and ``insertion`` (a score is the
 area under the image's curve), and the localisation scores ``pointing-game`` and
-``energy-pointing-game`` when :mod:`interp_ext.metrics.localisation` is installed (they
-need a ground-truth mask per image, ``--masks DIR``). Each has options with defaults for
+``energy-pointing-game`` (:mod:`interp_ext.metrics.localisation`; they need a ground-truth
+mask per image, ``--masks DIR``). Each has options with defaults for
 224 x 224 inputs (:func:`metric_options`), changed with ``NAME.KEY=VALUE``
 (:func:`parse_metric_options`).
 
@@ -30,6 +30,7 @@ import csv
 import difflib
 import html
 import importlib
+import importlib.util
 import io
 import json
 import math
@@ -37,6 +38,7 @@ import os
 import sys
 import time
 import urllib.parse
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional, Sequence
@@ -138,9 +140,7 @@ METRICS: dict[str, Metric] = {
         {**_RISE, "canvas": Option("baseline", "blur", ("zeros", "blur"), "what the image starts as: blur, zeros "
                                    "or a number")},
         "fraction", "fraction of pixels inserted", "target probability"),
-}
-# the localisation scores, once interp_ext.metrics.localisation exists (they need --masks)
-_LOCALISATION = {
+    # the localisation scores need --masks
     "pointing-game": Metric(
         "localisation", "pointing_game", "localisation", "higher",
         "1 if the map's maximum lies in the image's mask (within tolerance pixels), else 0",
@@ -149,14 +149,6 @@ _LOCALISATION = {
         "localisation", "energy_pointing_game", "localisation", "higher",
         "the share of the map's positive mass inside the image's mask", {}),
 }
-
-
-def _has_localisation() -> bool:
-    return importlib.util.find_spec(f"{__package__}.metrics.localisation") is not None
-
-
-if _has_localisation():
-    METRICS.update(_LOCALISATION)
 
 DEFAULT_METRICS = ("pixel-flipping", "region-perturbation", "selectivity", "deletion", "insertion")
 LOCALISATION_METRICS = tuple(k for k, m in METRICS.items() if m.kind == "localisation")
@@ -178,10 +170,7 @@ def parse_metrics(spec: str) -> list[str]:
     names = [m.strip() for m in str(spec).split(",") if m.strip()]
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
-        later = [k for k in _LOCALISATION if k in unknown and k not in METRICS]
-        note = (f" ({', '.join(later)} need interp_ext.metrics.localisation, which this installation lacks)"
-                if later else "")
-        raise ExplainError(f"--metrics: {_unknown('metric', unknown, list(METRICS))}{note}")
+        raise ExplainError(f"--metrics: {_unknown('metric', unknown, list(METRICS))}")
     return list(dict.fromkeys(names))
 
 
@@ -341,15 +330,16 @@ def _map_rule(method: str) -> str:
 
 
 def score_maps(metric: str, model: torch.nn.Module, x: torch.Tensor, maps: torch.Tensor, target: torch.Tensor,
-               options: dict, *, batch_size: int = 64, tune: bool = True, masks: Optional[torch.Tensor] = None
-               ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+               options: dict, *, batch_size: int = 64, tune: bool = True, masks: Optional[torch.Tensor] = None,
+               keys: Optional[Sequence[str]] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """One metric over a batch: (scores (N,) float64, curves (N, K) float64 or None). A
     curve metric's score is its curve's area (as ``return_auc_per_sample=True`` gives it);
     a localisation metric's the value per image (a pointing-game hit is 1.0). `maps`:
     ``(N, 1, H, W)`` (:func:`metric_maps`); `x` the normalised images the model takes;
     `options` the metric's (:func:`metric_options`); `masks` ``(N, H, W)`` bool, for the
-    localisation metrics."""
-    from .metrics import _curves
+    localisation metrics; `keys` the images' keys: a ``seed`` option seeds each image with
+    ``seed`` and its key (CRC-32), so its score does not depend on the batch it came in."""
+    from .metrics import faithfulness
 
     m = METRICS[metric]
     fn = getattr(importlib.import_module(f"{__package__}.metrics.{m.module}"), m.function)
@@ -358,9 +348,11 @@ def score_maps(metric: str, model: torch.nn.Module, x: torch.Tensor, maps: torch
             raise ExplainError(f"{metric} needs masks (--masks DIR)")
         values = fn(maps.detach().cpu().double(), masks[:, None].cpu(), **options)
         return torch.as_tensor(values).double().reshape(-1).numpy(), None
+    if options.get("seed") is not None and keys is not None:
+        options = {**options, "seed": [(options["seed"] + zlib.crc32(k.encode())) % 2**63 for k in keys]}
     curves = fn(model, x, maps, target, **options, batch_size=batch_size, tune=tune, show_progress=False)
-    dx = 1.0 / (curves.shape[1] - 1) if m.axis == "fraction" and curves.shape[1] > 1 else 1.0
-    return _curves.trapezoid(curves, dx).cpu().numpy(), curves.cpu().numpy()
+    area = faithfulness.curve_area(curves, over_fraction=m.axis == "fraction")
+    return area.cpu().numpy(), curves.cpu().numpy()
 
 
 # ---- masks ------------------------------------------------------------------------------------------
@@ -401,14 +393,24 @@ def mask_for(index: dict[str, Optional[Path]], image: InputImage) -> Optional[Pa
 
 
 def read_mask(path: Path, image_size: tuple[int, int], loaded: Any) -> torch.Tensor:
-    """A mask image as the model's crop of its image sees it: ``(S, S)`` bool, True where
-    the mask is bright (above half); it must have its image's size."""
+    """A mask image as the model's crop of its image sees it: ``(S, S)`` bool, True on the
+    object: above half the mask's brightest value (0 / 1 and 0 / 255 masks alike, JPEG
+    noise aside), or, in a palette image, any index but 0 (background) and 255 (VOC's
+    "void" border). It must have its image's size."""
     with Image.open(path) as im:
         size = im.size
-    if size != tuple(image_size):
-        raise ValueError(f"mask {display_name(path)} is {size[0]}x{size[1]}, its image {image_size[0]}x{image_size[1]}")
-    crop = loaded.crop(inputs.read_image(path, loaded.resize_size))
-    return torch.from_numpy(np.asarray(crop).max(axis=2) > 127)
+        if size != tuple(image_size):
+            raise ValueError(f"mask {display_name(path)} is {size[0]}x{size[1]}, its image {image_size[0]}x{image_size[1]}")
+        if im.mode == "P":
+            index = np.asarray(im)
+            on = ((index != 0) & (index != 255)).astype(np.uint8) * 255
+        else:
+            values = np.asarray(im, dtype=np.float64)  # any bit depth; colour: the brightest band, alpha aside
+            values = values[..., :3].max(axis=2) if values.ndim == 3 else values
+            top = values.max()
+            on = (values > top / 2).astype(np.uint8) * 255 if top > 0 else np.zeros(values.shape, np.uint8)
+    crop = loaded.crop(Image.fromarray(on).convert("RGB"))
+    return torch.from_numpy(np.asarray(crop)[..., 0] > 127)
 
 
 # ---- the job ------------------------------------------------------------------------------------------
@@ -480,7 +482,7 @@ def check(config: EvaluateConfig, owner: bool = True) -> Checked:
     folder, given exactly when a localisation metric is asked for), then ``explain``'s
     (:func:`interp_ext.explain.check`: methods, options, device, target, --out, the lock
     of an existing --out, the inputs)."""
-    metrics = list(config.metrics)
+    metrics = list(dict.fromkeys(config.metrics))
     if not metrics:
         raise ExplainError("--metrics: none given")
     unknown = [m for m in metrics if m not in METRICS]
@@ -492,7 +494,7 @@ def check(config: EvaluateConfig, owner: bool = True) -> Checked:
     if config.masks is not None:
         folder = Path(config.masks)
         if not local:
-            raise ExplainError(f"--masks: only the localisation metrics ({', '.join(LOCALISATION_METRICS) or 'none here'}) "
+            raise ExplainError(f"--masks: only the localisation metrics ({', '.join(LOCALISATION_METRICS)}) "
                                "use masks; add one to --metrics")
         if not folder.is_dir():
             raise ExplainError(f"--masks {display_name(folder)}: not a folder")
@@ -691,7 +693,8 @@ def run(prep: Prepared, images: Optional[Sequence[InputImage]] = None) -> dict:
                     mk = torch.stack([masks[i] for i in rows]) if METRICS[k].kind == "localisation" else None
                     t0 = time.perf_counter()
                     scores, curves = score_maps(k, p.loaded.model, x[idx], amap[idx], target[idx], prep.options[k],
-                                                batch_size=copies, tune=cfg.tune, masks=mk)
+                                                batch_size=copies, tune=cfg.tune, masks=mk,
+                                                keys=[items[i].image.key for i in rows])
                     seconds[k] = seconds.get(k, 0.0) + time.perf_counter() - t0
                     for j, i in enumerate(rows):
                         value = _finite(float(scores[j]))
@@ -884,7 +887,8 @@ def write_plot(out: Path, table: dict) -> Optional[Path]:
         ax.set_visible(False)
     if not drawn:
         return None
-    fig.suptitle(f"{table['model']}: mean and one standard deviation over the images")
+    # two lines: one panel is narrower than the title
+    fig.suptitle(f"{table['model']}\nmean and one standard deviation over the images", fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return writers.atomic_write_bytes(Path(out) / PLOT, buf.getvalue())
@@ -893,25 +897,41 @@ def write_plot(out: Path, table: dict) -> Optional[Path]:
 # ---- the page ------------------------------------------------------------------------------------------
 
 
-def scores_for_page(table: dict, out: Path) -> dict:
-    """What :func:`interp_ext.writers.write_gallery` shows of a table: per image, method and
-    metric the score; the summary; links to the files written beside it."""
-    per_image: dict[str, dict] = {}
-    for r in table["rows"]:
-        per_image.setdefault(r["image"], {}).setdefault(r["method"], {})[r["metric"]] = r["score"]
-    return {"metrics": list(table["metrics"]), "better": {k: METRICS[k].better for k in table["metrics"]},
-            "methods": list(table["methods"]), "images": per_image, "summary": table["summary"],
+def _page(out: Path, methods: list, metrics: list, per_image: dict, summary: dict) -> dict:
+    """What :func:`interp_ext.writers.write_gallery` shows: per image, method and metric the
+    score; the summary; links to the files written beside it."""
+    return {"metrics": metrics, "better": {k: METRICS[k].better for k in metrics}, "methods": methods,
+            "images": per_image, "summary": summary,
             "links": [name for name in (TABLE_CSV, TABLE_JSON, PLOT) if (Path(out) / name).is_file()]}
 
 
-def gallery_scores(out: Path, summary: dict) -> Optional[dict]:
+def scores_for_page(table: dict, out: Path) -> dict:
+    """:func:`_page` of a table."""
+    per_image: dict[str, dict] = {}
+    for r in table["rows"]:
+        per_image.setdefault(r["image"], {}).setdefault(r["method"], {})[r["metric"]] = r["score"]
+    return _page(out, list(table["methods"]), list(table["metrics"]), per_image, table["summary"])
+
+
+def _last_metric_options(out: Path) -> Optional[dict]:
+    """The metric options of the last evaluate run into DIR (its scores.json), if any."""
+    try:
+        options = json.loads((Path(out) / TABLE_JSON).read_bytes())["config"]["metrics"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return options if isinstance(options, dict) else None
+
+
+def gallery_scores(out: Path, summary: dict, metric_options: Optional[dict] = None) -> Optional[dict]:
     """The scores the ``explain`` gallery of `summary` (its ``summary.json``) shows, from the
     score records in DIR: for each image the pairs made from the same model, target and
-    input file (its entry's ``config``) and each method's same options and layer; None
-    when there are none."""
+    input file (its entry's ``config``), each method's same options and layer, and the
+    metric options of `metric_options` (default: the last evaluate run's, in scores.json),
+    so the page's numbers agree with scores.csv; None when there are none."""
     recs = read_score_records(out)
     if not recs:
         return None
+    wanted = _last_metric_options(out) if metric_options is None else metric_options
     methods = list(summary.get("methods") or [])
     per_image: dict[str, dict] = {}
     found: list[str] = []
@@ -921,7 +941,8 @@ def gallery_scores(out: Path, summary: dict) -> Optional[dict]:
             continue
         for m in methods:
             for k, v in (rec["scores"].get(m) or {}).items():
-                if k in METRICS and v["config"].get("method") == (entry.get("methods") or {}).get(m):
+                same_metric = wanted is None or (k in wanted and v["config"].get("metric") == wanted[k])
+                if k in METRICS and same_metric and v["config"].get("method") == (entry.get("methods") or {}).get(m):
                     per_image.setdefault(key, {}).setdefault(m, {})[k] = v.get("score")
                     found.append(k)
     if not per_image:
@@ -929,9 +950,7 @@ def gallery_scores(out: Path, summary: dict) -> Optional[dict]:
     metrics = [k for k in METRICS if k in found]
     stats = {m: {k: {**_stats([per_image[i].get(m, {}).get(k) for i in per_image if k in per_image[i].get(m, {})]),
                      "better": METRICS[k].better} for k in metrics} for m in methods}
-    return {"metrics": metrics, "better": {k: METRICS[k].better for k in metrics}, "methods": methods,
-            "images": per_image, "summary": stats,
-            "links": [name for name in (TABLE_CSV, TABLE_JSON, PLOT) if (Path(out) / name).is_file()]}
+    return _page(out, methods, metrics, per_image, stats)
 
 
 def explain_summary(out: Path) -> Optional[dict]:
@@ -953,7 +972,7 @@ def write_page(out: Path, table: dict) -> Path:
     out = Path(out)
     summary = explain_summary(out)
     if summary is not None and summary["images"]:
-        return writers.write_gallery(out, summary, scores=gallery_scores(out, summary))
+        return writers.write_gallery(out, summary, scores=gallery_scores(out, summary, table["config"]["metrics"]))
     scores = scores_for_page(table, out)
     methods, metrics = scores["methods"], scores["metrics"]
     t = writers._text

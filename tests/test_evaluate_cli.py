@@ -404,3 +404,64 @@ def test_help_lists_the_metrics_and_their_defaults(capsys, monkeypatch):
         assert f"  {name} " in text and metric.help in text
     for line in ("features_in_step=3136", "regions_evaluation=50", "canvas=blur", "pixels_per_step=none"):
         assert f"      {line} " in text
+
+
+class _Identity:
+    @staticmethod
+    def crop(image):
+        return image
+
+
+@pytest.mark.parametrize("kind", ["01", "0255", "palette", "rgba", "jpeg"])
+def test_masks_are_read_in_their_common_encodings(tmp_path, kind):
+    on = np.zeros((12, 10), bool)
+    on[2:7, 3:9] = True
+    path = tmp_path / ("mask.jpg" if kind == "jpeg" else "mask.png")
+    if kind == "01":
+        Image.fromarray(on.astype(np.uint8)).save(path)
+    elif kind in ("0255", "jpeg"):
+        Image.fromarray(on.astype(np.uint8) * 255).save(path, **({"quality": 90} if kind == "jpeg" else {}))
+    elif kind == "palette":  # VOC: class index on the object, 255 on the void border around it
+        index = np.where(on, 7, 0).astype(np.uint8)
+        index[1, 2:10] = 255
+        im = Image.fromarray(index, mode="P")
+        im.putpalette([0, 0, 0] * 7 + [200, 0, 0] + [0, 0, 0] * 247 + [224, 224, 192])
+        im.save(path)
+    else:
+        rgba = np.zeros((12, 10, 4), np.uint8)
+        rgba[..., 3] = 255
+        rgba[on, 1] = 180
+        Image.fromarray(rgba, mode="RGBA").save(path)
+    got = evaluate.read_mask(path, (10, 12), _Identity()).numpy()
+    np.testing.assert_array_equal(got, on)
+
+
+def test_the_gallery_shows_only_scores_of_the_last_metric_options(tmp_path, tiny):
+    images = _images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert cli.main(["explain", str(images), "--model", tiny, "--methods", "gradcam", "--out", str(out), "--quiet"]) == 0
+    assert _evaluate(images, out, ["gradcam"], ["deletion"]) == 0
+    assert "<small>(2)</small>" in (out / "index.html").read_text()
+    # one image scored again with another step: the other's score (the old step) is not shown
+    (images / "im1.png").rename(tmp_path / "im1.png")
+    assert cli.main(["evaluate", str(images), "--model", tiny, "--methods", "gradcam", "--metrics",
+                     "deletion", "--metric-option", "deletion.pixels_per_step=640", "--out", str(out), "--quiet"]) == 0
+    page = (out / "index.html").read_text()
+    assert "<small>(1)</small>" in page and "<small>(2)</small>" not in page
+
+
+def test_seeded_scores_do_not_depend_on_the_batch(tiny):
+    loaded = models.load_model(tiny, None)
+    x = torch.rand(3, 3, 32, 40)
+    maps = torch.rand(3, 1, 32, 40)
+    target = torch.tensor([0, 1, 2])
+    options = {**evaluate.metric_options(["region-perturbation"])["region-perturbation"],
+               "order": "random", "perturb_baseline": "uniform", "patch_size": 8}
+    keys = ["a/im0.png", "a/im1.png", "a/im2.png"]
+    whole, _ = evaluate.score_maps("region-perturbation", loaded.model, x, maps, target, options, tune=False, keys=keys)
+    alone, _ = evaluate.score_maps("region-perturbation", loaded.model, x[2:], maps[2:], target[2:], options,
+                                   tune=False, keys=keys[2:])
+    np.testing.assert_allclose(alone, whole[2:], rtol=1e-5)  # float32 batches round alike to 1e-7
+    other, _ = evaluate.score_maps("region-perturbation", loaded.model, x[2:], maps[2:], target[2:], options,
+                                   tune=False, keys=["a/im9.png"])
+    assert abs(float(other[0]) - float(whole[2])) > 1e-4 * abs(float(whole[2]))  # another image, other draws

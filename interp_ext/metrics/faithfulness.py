@@ -332,7 +332,15 @@ def _causal(model, inputs, attributions, target, *, insert, pixels_per_step, can
             batch_size=batch_size, show_progress=show_progress, desc=name,
         )
     curves = curves.clone()
-    return trapezoid(curves, 1.0 / steps) if return_auc_per_sample else curves
+    return curve_area(curves, over_fraction=True) if return_auc_per_sample else curves
+
+
+def curve_area(curves: torch.Tensor, over_fraction: bool = False) -> torch.Tensor:
+    """Each curve's area ``(N,)`` as ``return_auc_per_sample=True`` gives it: the
+    trapezoidal rule with unit spacing (Quantus), or over the fraction of pixels in [0, 1]
+    (RISE's deletion and insertion: spacing ``1 / steps``)."""
+    steps = curves.shape[1] - 1
+    return trapezoid(curves, 1.0 / steps if over_fraction and steps > 0 else 1.0)
 
 
 def rise_taps(size: int, sigma: float) -> torch.Tensor:

@@ -4,8 +4,9 @@ weights are re-initialised, layer after layer from the output down ("cascading")
 layer at a time ("independent"). A map that stays the same (an edge detector of the input,
 say) explains the image, not the model.
 
-The layers are randomised in place and every tensor they hold is put back afterwards, so
-the model is never copied whole. `ssim` and `spearman` are the similarities Adebayo et al.
+The layers are randomised in place and every tensor they hold is put back afterwards: the
+model object, its modules and hooks stay the ones the caller has (a clone of the chosen
+layers' tensors is kept meanwhile; of all of them when every layer is chosen). `ssim` and `spearman` are the similarities Adebayo et al.
 report, per sample and in pure PyTorch.
 """
 from __future__ import annotations
