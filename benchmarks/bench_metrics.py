@@ -13,7 +13,9 @@ so only tie-free maps give both libraries the same curves. The peer of deletion 
 is the loop RISE's ``CausalMetric`` runs: per step, the whole batch changed in place and
 scored in one forward (RISE is not on PyPI; the loop is written here). Quantus runs the
 model as given (NCHW, batch = all images, as its ``batch_size=64`` default gives);
-interp_ext with ``tune=True`` and a fresh tuning cache (its trials are in its time).
+interp_ext with ``tune=True`` and a fresh tuning cache: the tuner's trials fall in the first
+metric's time (one tuner serves every metric of a model and input shape). Each call runs
+for minutes, so one wall-clock time per call (not ``Timer``'s median of repeats).
 
 The settings are the issue's: pixel flipping 48 steps (3,136 elements a step), region
 perturbation 50 regions of 16 px, selectivity every 16 px patch (196); deletion and
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
             a = make_maps(model, x, y, kind)
             for name in args.metrics.split(","):
                 if name in ("deletion", "insertion"):
-                    peer, peer_s = "RISE-style loop", None
+                    peer = "RISE-style loop"
                     peer_s, theirs = timed(lambda: rise_loop(name, model, x, a, y))
                 else:
                     peer = "Quantus 0.6"
