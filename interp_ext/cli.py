@@ -1,7 +1,7 @@
-"""The ``interp-ext`` command.
+"""The ``interp-ext`` command::
 
     interp-ext explain INPUTS... [--methods gradcam,saliency,...] [--model NAME] --out DIR
-    interp-ext evaluate INPUTS... [--methods ...] [--metrics deletion,insertion,...]
+    interp-ext evaluate INPUTS... [--methods ...] [--metrics deletion,insertion,...] \\
         [--metric-option pixel-flipping.features_in_step=1568] [--masks DIR] --out DIR
     interp-ext visualize class|channel|dream|invert|fool ... --out DIR
     interp-ext bench [--quick]
@@ -9,7 +9,8 @@
 
 ``explain`` also runs under ``torchrun --nproc_per_node=K -m interp_ext.cli explain ...``:
 the images are sharded across ranks, each on its own device (GPU ``LOCAL_RANK`` when
-there are GPUs); the ranks share their results through torchrun's store, and rank 0 merges ``summary.json`` and the gallery.
+there are GPUs); the ranks share their results through torchrun's store, and rank 0
+merges ``summary.json`` and the gallery.
 
 ``evaluate`` is the explain job with another end (:mod:`interp_ext.evaluate`): the same
 inputs, model, methods, targets, lock and sharding (also under torchrun), and instead of
