@@ -189,7 +189,7 @@ def main(argv=None) -> int:
           " top-1 targets; `python benchmarks/bench_metrics.py`", "",
           common.md_table(rows, ["threads", "map", "metric", "peer", "image_forwards", "peer_s", "interp_ext_s",
                                  "speedup", "ours_images_per_s", "peer_ms_per_forward", "ours_ms_per_forward", "max_abs_diff"])]
-    path = common.write("metrics" + ("_quick" if args.quick else ""), payload, "\n".join(md) + "\n", args.out)
+    path = common.write("metrics", payload, "\n".join(md) + "\n", args.out)
     print(f"wrote {path}")
     return 0
 

@@ -23,7 +23,7 @@ import common  # noqa: E402
 
 SUITE = ("guided_relu", "gradcam", "occlusion", "blur")
 # whole-job benchmarks, run after the suite and charted with it
-JOBS = ("explain",)
+JOBS = ("explain", "metrics")
 CPU_ONLY = ("occlusion", "explain")  # they measure CPU processes (max RSS); the GPU job check is separate
 
 
@@ -97,11 +97,14 @@ def speedups(results: dict[str, dict]) -> list[dict]:
             stand_in=r["model"] in STAND_IN_MODELS)
     for r in results.get("explain", {}).get("timing", []):
         add("explain job", f"{r['set']} ({r['images']} images)", "peers' job", r.get("speedup_vs_peers"), r["threads"])
+    for r in results.get("metrics", {}).get("rows", []):
+        add("metric", f"{r['metric']} on {r['map']} ({r['images']} images)", r["peer"], r.get("speedup"), r["threads"])
     return bars
 
 
 COLOURS = {"eager reference": "#4c72b0", "Captum": "#dd8452", "pytorch-grad-cam": "#55a868",
-           "torchvision": "#c44e52", "kornia (separable)": "#937860", "peers' job": "#8172b3"}
+           "torchvision": "#c44e52", "kornia (separable)": "#937860", "peers' job": "#8172b3",
+           "Quantus 0.6": "#da8bc3", "RISE-style loop": "#ccb974"}
 OTHER_COLOUR = "#8c8c8c"
 
 
