@@ -381,3 +381,59 @@ def test_cuda_curves_equal_cpu(cnn_case):
             torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-4, atol=1e-5)
     finally:
         model.cpu()
+
+
+# ---- incremental inference of the patch chains -----------------------------------------------
+
+
+@pytest.mark.parametrize("patch_size", [4, 7])
+@pytest.mark.parametrize("baseline", ["black", "mean", "uniform"])
+def test_incremental_patch_chains_equal_full_copies_in_float64(patch_size, baseline):
+    model = small_cnn().double()
+    x = torch.rand(3, 3, 18, 20, dtype=torch.float64)
+    a = torch.randn(3, 1, 18, 20, dtype=torch.float64)
+    kw = dict(patch_size=patch_size, perturb_baseline=baseline, seed=1, tune=False)
+    full = metrics.selectivity(model, x, a, incremental=False, **kw)
+    inc = metrics.selectivity(model, x, a, incremental=True, batch_size=2, **kw)  # images in groups of 2
+    torch.testing.assert_close(inc, full, rtol=0, atol=1e-12)
+    kw.update(order="random", regions_evaluation=7)
+    torch.testing.assert_close(metrics.region_perturbation(model, x, a, incremental=True, **kw),
+                               metrics.region_perturbation(model, x, a, incremental=False, **kw), rtol=0, atol=1e-12)
+
+
+def test_incremental_chain_on_the_bundled_model(bundled_case):
+    model, x, y, a = bundled_case
+    kw = dict(patch_size=32, regions_evaluation=6, batch_size=8)
+    inc = metrics.region_perturbation(model, x, a, y, incremental=True, **kw)
+    full = metrics.region_perturbation(model, x, a, y, incremental=False, tune=False, **kw)
+    torch.testing.assert_close(inc, full, rtol=0, atol=1e-4)
+
+
+def test_incremental_needs_a_plannable_model():
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            if float(y.sum()) > 1e9:  # data-dependent control flow: fx cannot trace it
+                y = y * 2
+            return y.mean((2, 3))
+
+    model = Untraceable().eval()
+    x, a = torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="incremental: this model cannot be planned"):
+        metrics.selectivity(model, x, a, patch_size=4, incremental=True, tune=False)
+    plain = metrics.selectivity(model, x, a, patch_size=4, tune=False)  # the default runs every copy in full
+    torch.testing.assert_close(plain, metrics.selectivity(model, x, a, patch_size=4, incremental=False, tune=False))
+    with pytest.raises(ValueError, match="incremental must be None, True or False"):
+        metrics.selectivity(model, x, a, patch_size=4, incremental="yes")
+
+
+def test_incremental_chain_leaves_the_inputs_alone():
+    model = small_cnn()
+    x, a = torch.rand(2, 3, 16, 16), torch.rand(2, 1, 16, 16)
+    before = x.clone()
+    metrics.selectivity(model, x, a, patch_size=4, incremental=True, tune=False)
+    assert torch.equal(x, before)

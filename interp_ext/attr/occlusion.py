@@ -94,18 +94,6 @@ def _upsample_window_scores(coarse: torch.Tensor, shape, window, stride, coarse_
     return grid.reshape(n, -1).to(coarse.dtype), exact.reshape(-1)
 
 
-def _worth_tracing(model: nn.Module) -> bool:
-    """Whether the default (``incremental=None``) traces the model: only one with
-    convolution weights can gain, and tracing runs ``forward`` once with proxies (a Python side
-    effect in it, such as a counter, sees them), and the planned batches run the graph,
-    not ``forward``, so hooks on the model would not see them: a model with hooks runs
-    in full unless asked."""
-    modules = list(model.modules())
-    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-    # 4-D weights, not Conv2d modules: a folded copy (interp_ext.fusion) calls F.conv2d
-    return not hooked and any(p.dim() == 4 for p in model.parameters())
-
-
 class Occlusion:
     """Slide a window over each image, replace it by a baseline, and attribute to every
     element the mean drop of the target score over the windows that cover it.
@@ -207,7 +195,7 @@ class Occlusion:
 
         with torch.inference_mode():  # forward only: no autograd records, no version counters
             plan, grid = None, None
-            if incremental or field_threshold is not None or (incremental is None and _worth_tracing(self._planned)):
+            if incremental or field_threshold is not None or (incremental is None and _incremental.worth_tracing(self._planned)):
                 plan, grid, reason = self._plan(x, window, stride, field_threshold, additional_forward_args)
                 if plan is not None and incremental is None and field_threshold is None and plan.flop_ratio < 1.2:
                     plan = None  # not worth it: full copies

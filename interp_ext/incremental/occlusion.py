@@ -39,22 +39,30 @@ def plan_for(model: nn.Module, x: torch.Tensor, window, stride, field_threshold:
              ) -> tuple[Optional[OcclusionPlan], Optional[WindowGrid], str]:
     """The model's plan and window grid for occluding `x`-shaped inputs, or None and
     the reason the model cannot be planned."""
+    grid = WindowGrid.of(tuple(x.shape[1:]), window, stride, x.device)
+    plan, reason = cached_plan(model, x, ("windows", tuple(window), tuple(stride)), grid, field_threshold)
+    return plan, (grid if plan is not None else None), reason
+
+
+def cached_plan(model: nn.Module, x: torch.Tensor, key: tuple, grid: WindowGrid,
+                field_threshold: Optional[float] = None) -> tuple[Optional[OcclusionPlan], str]:
+    """The model's plan for the windows of `grid` over `x`-shaped inputs (made once per
+    model, input shape, dtype, device, `key` naming the grid, and threshold), or None and
+    the reason the model cannot be planned."""
     entry = _CACHE.get(model)
     if entry is None:
         graph, reason = capture(model)
         entry = {"graph": graph, "reason": reason, "plans": {}}
         _CACHE[model] = entry
     if entry["graph"] is None:
-        return None, None, entry["reason"]
-    key = (tuple(x.shape[1:]), x.dtype, x.device, tuple(window), tuple(stride), field_threshold)
-    if key not in entry["plans"]:
+        return None, entry["reason"]
+    full_key = (tuple(x.shape[1:]), x.dtype, x.device, key, field_threshold)
+    if full_key not in entry["plans"]:
         graph = entry["graph"]
         values = _all_values(graph.module, graph.nodes, x[:1])
-        grid = WindowGrid.of(tuple(x.shape[1:]), window, stride, x.device)
         boxes = ((grid.lo[:, 1], grid.hi[:, 1]), (grid.lo[:, 2], grid.hi[:, 2]))
-        entry["plans"][key] = (OcclusionPlan(graph, values, boxes, field_threshold), grid)
-    plan, grid = entry["plans"][key]
-    return plan, grid, ""
+        entry["plans"][full_key] = OcclusionPlan(graph, values, boxes, field_threshold)
+    return entry["plans"][full_key], ""
 
 
 def _all_values(module: fx.GraphModule, nodes, x: torch.Tensor) -> dict[fx.Node, Any]:
@@ -88,3 +96,15 @@ def input_patches(plan: OcclusionPlan, grid: WindowGrid, x: torch.Tensor, baseli
     inside_x = (cols >= lo[:, 2, None]) & (cols < hi[:, 2, None])
     mask = inside_c[:, :, None, None] & inside_r[:, None, :, None] & inside_x[:, None, None, :]
     return torch.where(mask, base, image)
+
+
+def worth_tracing(model: nn.Module) -> bool:
+    """Whether the default (``incremental=None``) traces the model: only one with
+    convolution weights can gain, and tracing runs ``forward`` once with proxies (a Python side
+    effect in it, such as a counter, sees them), and the planned batches run the graph,
+    not ``forward``, so hooks on the model would not see them: a model with hooks runs
+    in full unless asked."""
+    modules = list(model.modules())
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    # 4-D weights, not Conv2d modules: a folded copy (interp_ext.fusion) calls F.conv2d
+    return not hooked and any(p.dim() == 4 for p in model.parameters())

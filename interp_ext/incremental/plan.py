@@ -168,11 +168,17 @@ class OcclusionPlan:
         raise RuntimeError("graph without output")
 
     def run(self, base: dict[fx.Node, Any], windows: torch.Tensor, samples: torch.Tensor,
-            input_patch: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Any:
+            input_patch: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format,
+            advance: bool = False) -> Any:
         """The model's output on K occluded copies: copy k is image ``samples[k]`` with
         window ``windows[k]`` occluded, its input patch ``input_patch[k]`` (at the input
         node's origin). ``memory_format``: the layout of the whole maps (where the plan
-        runs in full); on a CPU channels-last runs the late layers several times faster."""
+        runs in full); on a CPU channels-last runs the late layers several times faster.
+
+        ``advance`` (one copy per sample): each copy becomes its sample's base, its patches
+        written into ``base`` as they are computed, so that the next run changes the copy
+        further (a chain of replacements). Writing early is safe: a patch changes only its
+        own rectangle, which every later reader takes from the patch anyway."""
         vals: dict[fx.Node, Any] = {}
         origins: dict[fx.Node, torch.Tensor] = {}
         whole: dict[fx.Node, torch.Tensor] = {}
@@ -211,6 +217,8 @@ class OcclusionPlan:
                 vals[node] = self._patch_value(node, p, base, vals, samples, windows, origin)
                 if p.whole:
                     vals[node] = vals[node].contiguous(memory_format=memory_format)
+            if advance and node in base and p.kind == "patch":
+                _write_patches(base[node], vals[node], samples, origin(node))
             for a in node.all_input_nodes:
                 if self.last_use[a] <= i:
                     vals.pop(a, None)
@@ -238,6 +246,13 @@ class OcclusionPlan:
         args = fx.node.map_arg(node.args, operand)
         kwargs = fx.node.map_arg(node.kwargs, operand)
         return _call(self.graph.module, node, args, kwargs)
+
+
+def _write_patches(maps: torch.Tensor, patches: torch.Tensor, samples: torch.Tensor, origin: torch.Tensor) -> None:
+    """``maps[samples[k], :, r:r+h, c:c+w] = patches[k]`` at each ``origin[k] = (r, c)``."""
+    h, w = patches.shape[2:]
+    for k, (s, (r, c)) in enumerate(zip(samples.tolist(), origin.tolist())):
+        maps[s, :, r : r + h, c : c + w] = patches[k]
 
 
 def _plain(value: Any) -> Any:

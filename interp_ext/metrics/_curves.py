@@ -150,16 +150,21 @@ class CurveModel:
 
     def __init__(self, model: nn.Module, softmax: bool, tune: bool):
         self.softmax = softmax
+        self.planned = model  # what incremental inference traces: the same function
         run = model
         if tune and isinstance(model, nn.Module):
-            run = TunedForward(folded_copy(model) or model, "metrics")
+            self.planned = folded_copy(model) or model
+            run = TunedForward(self.planned, "metrics")
         self.run = run
 
-    def scores(self, batch: torch.Tensor) -> torch.Tensor:
-        out = model_output(self.run(batch))
+    def probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        out = model_output(out)
         if out.dim() != 2:
             raise ValueError(f"the model must return (N, num_classes) scores, got shape {tuple(out.shape)}")
         return out.double().softmax(1) if self.softmax else out.double()
+
+    def scores(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.probabilities(self.run(batch))
 
     def targets(self, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image class indices (top-1 where ``target`` is None) and the clean scores."""

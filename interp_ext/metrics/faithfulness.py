@@ -18,7 +18,9 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from .. import incremental as _incremental
 from .. import ops
 from ..attr._common import Target, eval_mode
 from ._curves import (
@@ -172,10 +174,12 @@ def _padding(dim: int, patch: int) -> tuple[int, int]:
 
 
 def _patch_metric(model, inputs, attributions, target, *, patch_size, order, regions, perturb_baseline,
-                  softmax, normalise, take_abs, uniform_low, uniform_high, seed, batch_size, tune,
+                  softmax, normalise, take_abs, uniform_low, uniform_high, seed, batch_size, tune, incremental,
                   show_progress, name) -> tuple[torch.Tensor, torch.Tensor]:
     """Region perturbation's and selectivity's common part: the target's clean score
-    ``(N,)`` and scores ``(N, R)`` after the first ``R`` patches in ``order`` are replaced."""
+    ``(N,)`` and scores ``(N, R)`` after the first ``R`` patches in ``order`` are replaced.
+    Copy ``k`` is copy ``k - 1`` with one more patch replaced: with incremental inference
+    (`interp_ext.incremental.run_chain`) each step recomputes only what that patch reaches."""
     check_model_and_inputs(model, inputs)
     n, c, h, w = inputs.shape
     a = check_attributions(attributions, inputs)
@@ -184,6 +188,8 @@ def _patch_metric(model, inputs, attributions, target, *, patch_size, order, reg
         raise ValueError(f"patch_size must be at most the image's smaller side {min(h, w)}, got {patch_size}")
     if order not in ("morf", "lerf", "random"):
         raise ValueError(f"order must be 'morf', 'lerf' or 'random', got {order!r}")
+    if incremental not in (None, True, False):
+        raise ValueError(f"incremental must be None, True or False, got {incremental!r}")
     baseline = check_baseline(perturb_baseline, inputs)
     check_positive_int(batch_size, "batch_size")
     a = _prepare(a, normalise, take_abs)
@@ -200,6 +206,7 @@ def _patch_metric(model, inputs, attributions, target, *, patch_size, order, reg
         rank = descending_ranks(sums if order == "morf" else -sums)
     x = inputs.detach().contiguous()
     hp, wp = h + sum(pad_h), w + sum(pad_w)
+    sequence = rank.argsort(1)  # (N, P): the patch replaced at each step
     # each padded pixel's step is its patch's rank; `regions` (never) past the evaluated ones
     rank = rank.clamp(max=regions).view(n, 1, hp // patch_size, wp // patch_size)
     padded_steps = rank.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
@@ -210,12 +217,41 @@ def _patch_metric(model, inputs, attributions, target, *, patch_size, order, reg
     canvas = _canvas(baseline, x, elem_steps, regions, uniform_low, uniform_high, seed, ref, ref_steps)
     scorer = CurveModel(model, softmax, tune)  # outside inference mode: the folded copy is cached for gradients too
     with eval_mode(model), torch.inference_mode():
+        plan, grid = _chain_plan(scorer, x, patch_size, pad_h[0], pad_w[0], incremental)
         idx, clean = scorer.targets(x, target)
-        curves = replacement_curves(
-            scorer, x, idx, elem_steps, canvas, regions,
-            batch_size=batch_size, show_progress=show_progress, desc=name.replace("-", " "),
-        )
+        if plan is None:
+            curves = replacement_curves(
+                scorer, x, idx, elem_steps, canvas, regions,
+                batch_size=batch_size, show_progress=show_progress, desc=name.replace("-", " "),
+            )
+        else:
+            curves = torch.empty(n, regions, dtype=torch.float64, device=x.device)
+            group = min(n, batch_size)
+            kind = f"metrics-chain {patch_size} {pad_h[0]} {pad_w[0]}"
+            with tqdm(total=-(-n // group) * regions, desc=name.replace("-", " "), unit="step",
+                      disable=not show_progress, leave=False) as bar:
+                for g in range(0, n, group):
+                    rows = slice(g, g + group)
+                    pick = idx[rows]
+                    score = lambda out, s, pick=pick: scorer.probabilities(out).gather(1, pick[s, None])[:, 0]  # noqa: E731
+                    curves[rows] = _incremental.run_chain(plan, grid, x[rows], canvas[rows], sequence[rows], regions,
+                                                          score, scorer.planned, kind, bar.update)
     return clean.clone(), curves.clone()
+
+
+def _chain_plan(scorer: CurveModel, x: torch.Tensor, patch: int, pad_top: int, pad_left: int,
+                incremental: Optional[bool]):
+    """The plan of one patch at a time (None: copies in full): with ``incremental=None``
+    when the model can be planned and the plan saves at least 1.2x the multiply-adds."""
+    if incremental is False or (incremental is None and not _incremental.worth_tracing(scorer.planned)):
+        return None, None
+    grid = _incremental.patch_grid(tuple(x.shape[1:]), patch, pad_top, pad_left, x.device)
+    plan, reason = _incremental.chain_plan(scorer.planned, x, grid, (patch, pad_top, pad_left))
+    if plan is None and incremental:
+        raise ValueError(f"incremental: this model cannot be planned: {reason}")
+    if plan is not None and incremental is None and plan.flop_ratio < 1.2:
+        return None, None
+    return plan, grid
 
 
 def region_perturbation(
@@ -237,6 +273,7 @@ def region_perturbation(
     seed: Seed = None,
     batch_size: int = 64,
     tune: bool = True,
+    incremental: Optional[bool] = None,
     show_progress: bool = False,
 ) -> torch.Tensor:
     """Region perturbation (Samek et al. 2015), as Quantus's ``RegionPerturbation``: the
@@ -252,6 +289,13 @@ def region_perturbation(
             row-major order, each ranked by its attribution sum over the zero-padded map.
         perturb_baseline: as `pixel_flipping` ("black", "white", "mean" of the image as
             perturbed so far, edge-padded as Quantus does, "uniform", a number, a tensor).
+        incremental: copy ``k`` is copy ``k - 1`` with one more patch replaced, so with
+            incremental inference (`interp_ext.incremental`, traced once with ``torch.fx``)
+            each step recomputes only what that patch reaches, from the previous copy's
+            activations; exact (float rounding aside). None (default): when the model has
+            convolution weights, no hooks, can be planned, and the plan saves at least 1.2x
+            the multiply-adds; True: always (a model that cannot be planned is an error);
+            False: every copy in full.
 
     Returns:
         float64 curves ``(N, regions)``, or their areas ``(N,)``.
@@ -260,7 +304,7 @@ def region_perturbation(
         model, inputs, attributions, target, patch_size=patch_size, order=order, regions=regions_evaluation,
         perturb_baseline=perturb_baseline, softmax=softmax, normalise=normalise, take_abs=abs,
         uniform_low=uniform_low, uniform_high=uniform_high, seed=seed, batch_size=batch_size, tune=tune,
-        show_progress=show_progress, name="region-perturbation",
+        incremental=incremental, show_progress=show_progress, name="region-perturbation",
     )
     curves = clean[:, None] - scores
     return trapezoid(curves) if return_auc_per_sample else curves
@@ -283,6 +327,7 @@ def selectivity(
     seed: Seed = None,
     batch_size: int = 64,
     tune: bool = True,
+    incremental: Optional[bool] = None,
     show_progress: bool = False,
 ) -> torch.Tensor:
     """Selectivity (Montavon et al. 2018), as Quantus's ``Selectivity``: every patch is
@@ -297,6 +342,13 @@ def selectivity(
             row-major order, each ranked by its attribution sum over the zero-padded map.
         perturb_baseline: as `pixel_flipping` ("black", "white", "mean" of the image as
             perturbed so far, edge-padded as Quantus does, "uniform", a number, a tensor).
+        incremental: copy ``k`` is copy ``k - 1`` with one more patch replaced, so with
+            incremental inference (`interp_ext.incremental`, traced once with ``torch.fx``)
+            each step recomputes only what that patch reaches, from the previous copy's
+            activations; exact (float rounding aside). None (default): when the model has
+            convolution weights, no hooks, can be planned, and the plan saves at least 1.2x
+            the multiply-adds; True: always (a model that cannot be planned is an error);
+            False: every copy in full.
 
     Returns:
         float64 curves ``(N, patches)``, or their areas ``(N,)``.
@@ -305,7 +357,7 @@ def selectivity(
         model, inputs, attributions, target, patch_size=patch_size, order="morf", regions=None,
         perturb_baseline=perturb_baseline, softmax=softmax, normalise=normalise, take_abs=abs,
         uniform_low=uniform_low, uniform_high=uniform_high, seed=seed, batch_size=batch_size, tune=tune,
-        show_progress=show_progress, name="selectivity",
+        incremental=incremental, show_progress=show_progress, name="selectivity",
     )
     return trapezoid(curves) if return_auc_per_sample else curves
 
