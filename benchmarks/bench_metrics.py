@@ -107,11 +107,13 @@ def ours_metric(name: str, model, x, a, y):
 def rise_loop(name: str, model, x, a, y) -> np.ndarray:
     """RISE's ``CausalMetric`` evaluation: per step, every image's next pixels changed in
     place and the batch scored once (softmax probability of the target)."""
-    from interp_ext import ops
+    from interp_ext.metrics.faithfulness import rise_taps
 
     n, c, h, w = x.shape
     order = torch.argsort(-a.double().sum(1).reshape(n, -1), dim=1, stable=True)
-    blurred = ops.gaussian_blur(x, 5.0, 11, padding="zeros")
+    # RISE's substrate: its gkern(11, 5) (a delta through SciPy's gaussian_filter), conv2d with zero padding
+    taps = rise_taps(11, 5.0).float().to(x.device)
+    blurred = torch.nn.functional.conv2d(x, torch.outer(taps, taps).expand(c, 1, 11, 11), padding=5, groups=c)
     current = (blurred if name == "insertion" else x).clone()
     finish = x if name == "insertion" else torch.zeros_like(x)
     steps = -(-h * w // CAUSAL_STEP)
