@@ -101,6 +101,9 @@ _QUANTUS = {
     "uniform_high": Option("float", 1.0, help="the range of the uniform baseline"),
     "seed": Option("int?", 0, help="of the uniform baseline (none: unseeded)"),
 }
+# the patch metrics' chains of incremental inference
+_CHAIN = {"incremental": Option("bool?", None, help="none: when the model can be planned and it pays; "
+                                "false: every copy in full")}
 _RISE = {
     "pixels_per_step": Option("int+?", None, help="none: ceil(H * W / 224), 224 pixels at 224 x 224"),
     "blur_sigma": Option("float+", 5.0, help="of the blur canvas (Gaussian, zero padding)"),
@@ -121,12 +124,12 @@ METRICS: dict[str, Metric] = {
         {"patch_size": Option("int+", 16, help="side of the square patches, in pixels"),
          "order": Option("choice", "morf", ("morf", "lerf", "random"), "morf: most relevant first, lerf: least "
                          "relevant first, random (seeded by seed)"),
-         "regions_evaluation": Option("int+", 50, help="patches replaced"), **_QUANTUS},
+         "regions_evaluation": Option("int+", 50, help="patches replaced"), **_QUANTUS, **_CHAIN},
         "step", "patches replaced", "score drop"),
     "selectivity": Metric(
         "faithfulness", "selectivity", "curve", "lower",
         "Montavon et al.: the target's probability as every patch is replaced, most relevant first",
-        {"patch_size": Option("int+", 16), **_QUANTUS},
+        {"patch_size": Option("int+", 16), **_QUANTUS, **_CHAIN},
         "step", "patches replaced", "target probability"),
     "deletion": Metric(
         "faithfulness", "deletion", "curve", "lower",
@@ -192,7 +195,9 @@ def _parse_value(option: Option, text: str, where: str) -> Any:
     t = text.strip()
     low = t.lower()
     try:
-        if option.kind == "bool":
+        if option.kind == "bool?" and low in ("none", "null", ""):
+            return None
+        if option.kind in ("bool", "bool?"):
             if low in _TRUE:
                 return True
             if low in _FALSE:
@@ -218,7 +223,7 @@ def _parse_value(option: Option, text: str, where: str) -> Any:
 def _expected(option: Option) -> str:
     return {"int+": "a positive integer", "int+?": "a positive integer or none", "int?": "an integer or none",
             "float": "a number", "float+": "a positive number", "float0": "a number >= 0",
-            "bool": "true or false", "choice": f"one of {', '.join(option.choices)}",
+            "bool": "true or false", "bool?": "true, false or none", "choice": f"one of {', '.join(option.choices)}",
             "baseline": f"one of {', '.join(option.choices)} or a number"}[option.kind]
 
 
@@ -229,6 +234,8 @@ def _check_value(option: Option, value: Any, where: str) -> Any:
     is_num = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if kind == "bool":
         ok = isinstance(value, bool)
+    elif kind == "bool?":
+        ok = value is None or isinstance(value, bool)
     elif kind == "int+":
         ok = is_int and value >= 1
     elif kind == "int+?":

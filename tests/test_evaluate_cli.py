@@ -104,8 +104,9 @@ def test_table_plot_and_page_agree_with_the_metric_functions(tmp_path, tiny, cap
     expected = _direct(sorted(images.iterdir()), tiny, methods, METRICS, tune=False)
     for row in table["rows"]:
         area, curve = expected[(Path(row["image"]).name, row["method"], row["metric"])]
-        np.testing.assert_allclose(row["score"], area, rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(row["curve"], curve, rtol=1e-12, atol=1e-15)
+        # float32 rounding: the patch metrics' incremental chains group the images per call as they come
+        np.testing.assert_allclose(row["score"], area, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(row["curve"], curve, rtol=1e-6, atol=1e-9)
     for r, row in zip(df.itertuples(), table["rows"]):  # the CSV holds the JSON's numbers, in the same order
         assert (r.image, r.method, r.metric, r.target) == (row["image"], row["method"], row["metric"], row["target"])
         assert r.score == row["score"]
@@ -309,7 +310,12 @@ def test_two_ranks_equal_one_process(tmp_path, tiny):
 
     images = _images(tmp_path / "in", 3)
     single, multi = tmp_path / "single", tmp_path / "multi"
-    assert _evaluate(images, single, ["saliency"], ["deletion", "selectivity"]) == 0
+    # a class of its own: the tiny random model's 1000 logits nearly tie, and a batch of 2 rounds
+    # apart from one of 3 (top-1 once came out 763 in one and 941 in the other). The ranks are
+    # threads of this process here (torchrun's are processes), and torch.fx traces by patching
+    # torch.nn.Module globally: no rank traces (tune folds with fx, the chains plan with it)
+    quiet = ["--target", "7", "--no-tune", "--metric-option", "selectivity.incremental=false"]
+    assert _evaluate(images, single, ["saliency"], ["deletion", "selectivity"], *quiet) == 0
     store, codes, errors = dist.HashStore(), [None, None], []
     parser = cli._parser()
 
@@ -317,7 +323,7 @@ def test_two_ranks_equal_one_process(tmp_path, tiny):
         try:
             args = parser.parse_args(["evaluate", str(images), "--model", tiny, "--methods", "saliency",
                                       "--metrics", "deletion,selectivity", *_options(["deletion", "selectivity"]),
-                                      "--out", str(multi), "--quiet", "--workers", "1"])
+                                      "--out", str(multi), "--quiet", "--workers", "1", *quiet])
             config = evaluate.EvaluateConfig(cli._job_config(args, ["saliency"], r, 2, r),
                                              ["deletion", "selectivity"],
                                              evaluate.parse_metric_options(args.metric_option, ["deletion", "selectivity"]))
@@ -340,7 +346,7 @@ def test_two_ranks_equal_one_process(tmp_path, tiny):
     assert b["timing"]["ranks"] == 2 and len(b["rows"]) == len(a["rows"]) == 6
     for ra, rb in zip(a["rows"], b["rows"]):
         assert (ra["image"], ra["method"], ra["metric"]) == (rb["image"], rb["method"], rb["metric"])
-        np.testing.assert_allclose(ra["score"], rb["score"], rtol=1e-6)
+        np.testing.assert_allclose(ra["score"], rb["score"], rtol=1e-6, err_msg=str((ra["image"], ra["metric"])))
 
 
 def test_bundled_model_on_two_photos(tmp_path):

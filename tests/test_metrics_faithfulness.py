@@ -348,8 +348,8 @@ def test_an_images_random_draws_do_not_depend_on_the_batch(cnn_case):
     kw = dict(patch_size=6, order="random", regions_evaluation=4, perturb_baseline="uniform", tune=False)
     whole = metrics.region_perturbation(model, x, a, y, seed=[10, 11, 12], **kw)
     part = metrics.region_perturbation(model, x[1:], a[1:], y[1:], seed=[11, 12], **kw)
-    torch.testing.assert_close(part, whole[1:], rtol=0, atol=1e-12)
-    torch.testing.assert_close(metrics.region_perturbation(model, x, a, y, seed=10, **kw), whole, rtol=0, atol=1e-12)
+    torch.testing.assert_close(part, whole[1:], rtol=0, atol=1e-6)  # float32 batches of 2 and 3 round apart
+    torch.testing.assert_close(metrics.region_perturbation(model, x, a, y, seed=10, **kw), whole, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="seed must be an int or 3 ints"):
         metrics.region_perturbation(model, x, a, y, seed=[1, 2], **kw)
 
