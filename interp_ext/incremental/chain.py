@@ -34,12 +34,13 @@ def chain_plan(model: nn.Module, x: torch.Tensor, grid: WindowGrid, key: tuple) 
 
 
 def run_chain(plan: OcclusionPlan, grid: WindowGrid, x: torch.Tensor, canvas: torch.Tensor, order: torch.Tensor,
-              steps: int, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tuner_model: nn.Module,
+              steps: int, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tuner_model: Optional[nn.Module],
               kind: str, progress: Optional[Callable[[], None]] = None) -> torch.Tensor:
     """Scores ``(N, steps)``: copy ``k`` of image ``n`` is ``x[n]`` with windows
     ``order[n, :k + 1]`` replaced by ``canvas[n]``; ``score(output, samples)`` turns the
     model's output on copies of ``samples`` into one score each. The copies of a step run
-    in batches whose size and layout the execution tuner measures (kind ``kind``)."""
+    in batches whose size and layout the execution tuner measures (kind ``kind`` of
+    ``tuner_model``), or all at once as they are when ``tuner_model`` is None."""
     n = x.shape[0]
     _, clean = plan.clean_run(x)
     # the base: each image's activations, advanced step by step; copies of its own (a kept
@@ -51,7 +52,7 @@ def run_chain(plan: OcclusionPlan, grid: WindowGrid, x: torch.Tensor, canvas: to
     in_origin = first.origin()
     lo, hi = grid.lo.tolist(), grid.hi.tolist()
     out = torch.empty(n, steps, dtype=torch.float64, device=x.device)
-    tuner = tuning.tuner_for(tuner_model, kind, x)
+    tuner = None if tuner_model is None else tuning.tuner_for(tuner_model, kind, x)
     for k in range(steps):
         windows = order[:, k]
         for i, wid in enumerate(windows.tolist()):
@@ -59,15 +60,16 @@ def run_chain(plan: OcclusionPlan, grid: WindowGrid, x: torch.Tensor, canvas: to
             current[i, :, r0:r1, c0:c1] = canvas[i, :, r0:r1, c0:c1]
         start = 0
         while start < n:
-            execution = tuner.next(n)
+            execution = tuner.next(n) if tuner else tuning.Execution(n)
             samples = torch.arange(start, min(start + execution.batch, n), device=x.device)
             began = time.perf_counter()
             patches = ops.patch_splice(current, samples, in_origin[windows[samples]], size)
             output = plan.run(kept, windows[samples], samples, patches, execution.memory_format, advance=True)
             out[samples, k] = score(output, samples)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            tuner.record(execution, samples.shape[0], time.perf_counter() - began)
+            if tuner:
+                if x.device.type == "cuda":
+                    torch.cuda.synchronize(x.device)
+                tuner.record(execution, samples.shape[0], time.perf_counter() - began)
             start += samples.shape[0]
         if progress is not None:
             progress()

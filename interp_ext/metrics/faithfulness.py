@@ -235,7 +235,7 @@ def _patch_metric(model, inputs, attributions, target, *, patch_size, order, reg
                     pick = idx[rows]
                     score = lambda out, s, pick=pick: scorer.probabilities(out).gather(1, pick[s, None])[:, 0]  # noqa: E731
                     curves[rows] = _incremental.run_chain(plan, grid, x[rows], canvas[rows], sequence[rows], regions,
-                                                          score, scorer.planned, kind, bar.update)
+                                                          score, scorer.planned if tune else None, kind, bar.update)
     return clean.clone(), curves.clone()
 
 
